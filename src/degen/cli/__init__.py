@@ -1,0 +1,1 @@
+"""The ``degen`` command line: one thin module per command."""

@@ -1,0 +1,56 @@
+"""The ``degen`` entry point: the Typer app and the error boundary.
+
+Library errors become user-facing here and only here: a :class:`~degen.errors.UsageError`
+prints one line and exits 2, any other :class:`~degen.errors.DegenError` exits 1,
+Ctrl-C exits 130. Commands import their heavy dependencies inside their bodies so
+``degen --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from degen.cli import run as run_cmd
+from degen.errors import DegenError, UsageError
+
+app = typer.Typer(
+    name="degen",
+    help="Find, explain, tune away and cut off degenerate LLM generations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.command("run", help=run_cmd.HELP)(run_cmd.run)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                 is_eager=True),
+) -> None:
+    if version:
+        from importlib.metadata import version as v
+
+        typer.echo(f"degen {v('degen')}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="degen", standalone_mode=True)
+    except UsageError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except DegenError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,142 @@
+"""``degen run``: one configuration under load, summarized with its runaway rate."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from degen.cli import options as o
+
+HELP = """Send one sampling configuration to an engine under load and report its runaway rate.
+
+A runaway is a generation that hit --max-tokens without an end token
+(finish_reason "length"). The rate comes with its Wilson 95% interval; errors are
+counted apart. Records go to OUT/records.jsonl as each request finishes."""
+
+
+def run(
+    engine: o.Engine = "local",
+    model: o.Model = None,
+    base_url: o.BaseUrl = "http://127.0.0.1:8000/v1",
+    api_key: o.ApiKey = None,
+    api: o.Api = "auto",
+    stream: o.Stream = False,
+    dialect: o.Dialect = "auto",
+    timeout: o.Timeout = 120.0,
+    retries: o.Retries = 3,
+    batch_size: o.BatchSize = 32,
+    device: o.Device = "auto",
+    dtype: o.Dtype = "auto",
+    temperature: o.Temperature = 1.0,
+    top_p: o.TopP = 1.0,
+    top_k: o.TopK = 0,
+    min_p: o.MinP = 0.0,
+    repetition_penalty: o.RepPenalty = 1.0,
+    penalty_scope: o.PenaltyScope = "prompt+output",
+    penalize_eot: o.PenalizeEot = True,
+    presence_penalty: o.Presence = 0.0,
+    frequency_penalty: o.Frequency = 0.0,
+    no_repeat_ngram_size: o.NoRepeat = 0,
+    max_tokens: o.MaxTokens = 512,
+    stop: o.Stop = None,
+    prompts: o.Prompts = None,
+    requests: o.Requests = 32,
+    runs: o.Runs = 1,
+    rate: o.Rate = None,
+    arrivals: o.Arrivals = "poisson",
+    concurrency: o.Concurrency = None,
+    seed: o.Seed = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default: runs/run-YYYYmmdd-HHMMSS).")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out: recorded requests are skipped.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON "
+                                           "object on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    from degen.engines import create_engine
+    from degen.errors import UsageError
+    from degen.load.runner import run_load
+    from degen.load.schedule import Plan, parse_rate
+    from degen.progress import Progress, RichProgress
+    from degen.prompts import load_prompts
+    from degen.records import SamplingParams
+    from degen.summary import summarize
+
+    # Everything that can be wrong with the input is checked before anything is written.
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        repetition_penalty=repetition_penalty, repetition_penalty_scope=penalty_scope,
+        penalize_eot=penalize_eot, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        max_tokens=max_tokens, stop=tuple(stop or ()),
+    )
+    o.check_positive("--concurrency", concurrency)
+    plan = Plan(prompts=tuple(load_prompts(prompts)), params=params, requests=requests,
+                runs=runs, rate=parse_rate(rate), arrivals=arrivals, seed=seed)
+    if resume and out is None:
+        raise UsageError("--resume needs --out DIR (the folder of the run to continue)")
+    if out is None:
+        out = Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    if not resume and ((out / "records.jsonl").exists() or (out / "run.json").exists()):
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose "
+                         "another --out")
+
+    eng = create_engine(engine, **o.engine_options(
+        engine, model=model, base_url=base_url, api_key=api_key, api=api, stream=stream,
+        dialect=dialect, timeout=timeout, retries=retries, batch_size=batch_size,
+        device=device, dtype=dtype))
+    err = typer.echo
+    dropped = eng.unsupported(params)
+    for name, why in dropped.items():
+        err(f"warning: {name} is not applied by this engine: {why}", err=True)
+    try:
+        load = getattr(eng, "load", None)
+        if load is not None and not quiet:
+            err(f"loading {eng.model} ...", err=True)
+        if load is not None:
+            load()
+        show = not quiet and sys.stderr.isatty()
+        progress = (RichProgress if show else Progress)(plan.total, f"{engine}:{eng.model}"[:40])
+        result = run_load(eng, plan, out, concurrency=concurrency, resume=resume,
+                          progress=progress, extra_meta={"dropped_params": dropped})
+    finally:
+        eng.close()
+    summary = summarize(result.completions, out=str(out))
+    if json_out:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        print_summary(summary)
+
+
+def _fmt(x: float | None, spec: str, unit: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{unit}"
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    lo, hi = s["ci95"]
+    rate = "-" if s["failure_rate"] is None else (
+        f"{s['failure_rate']:.1%}  (95% CI {lo:.1%}-{hi:.1%}, n={s['valid']})")
+    t.add_row("requests", str(s["n"]))
+    t.add_row("runaways", f"{s['failures']}  rate {rate}")
+    t.add_row("errors", str(s["errors"]) + (f"  first: {s['first_error']}"
+                                              if s["first_error"] else ""))
+    t.add_row("tokens/s", _fmt(s["tokens_per_s"], ".1f"))
+    t.add_row("latency p50 / p95", f"{_fmt(s['latency_p50_s'], '.2f', ' s')} / "
+              f"{_fmt(s['latency_p95_s'], '.2f', ' s')}")
+    if s["ttft_p50_s"] is not None:
+        t.add_row("time to first token p50", _fmt(s["ttft_p50_s"], ".3f", " s"))
+    if len(s["runs"]) > 1:
+        per = ", ".join(f"{r['failures']}/{r['n']}" for r in s["runs"])
+        t.add_row("runaways per run", per)
+    t.add_row("records", f"{s['out']}/records.jsonl")
+    Console().print(t)

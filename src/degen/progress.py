@@ -1,0 +1,89 @@
+"""Progress display for long jobs: a rich bar on stderr, or nothing.
+
+The runner only calls :meth:`Progress.update` with each completion; what is shown
+(done/total, failures so far, errors, tok/s) is decided here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from degen.records import Completion
+
+
+class Progress:
+    """Silent progress: counts, shows nothing. Subclasses display."""
+
+    def __init__(self, total: int, description: str = "requests") -> None:
+        self.total = total
+        self.description = description
+        self.done = 0
+        self.failures = 0
+        self.errors = 0
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, c: Completion) -> None:
+        self.done += 1
+        self.failures += c.is_runaway
+        self.errors += c.is_error
+        if not c.is_error:
+            self.tokens += c.completion_tokens or 0
+        self._refresh()
+
+    def skip(self, n: int) -> None:
+        """Count ``n`` requests already done (a resumed run)."""
+        self.done += n
+        self._refresh()
+
+    @property
+    def tok_s(self) -> float:
+        dt = time.perf_counter() - self.t0
+        return self.tokens / dt if dt > 0 else 0.0
+
+    def _refresh(self) -> None:
+        pass
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class RichProgress(Progress):
+    """A rich progress bar on stderr."""
+
+    def __init__(self, total: int, description: str = "requests") -> None:
+        super().__init__(total, description)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as _P
+
+        self._bar: Any = _P(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("runaways [red]{task.fields[failures]}[/]"),
+            TextColumn("errors {task.fields[errors]}"),
+            TextColumn("{task.fields[tok_s]:.0f} tok/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False,
+        )
+        self._task = self._bar.add_task(description, total=total, failures=0, errors=0, tok_s=0.0)
+
+    def _refresh(self) -> None:
+        self._bar.update(self._task, completed=self.done, failures=self.failures,
+                         errors=self.errors, tok_s=self.tok_s)
+
+    def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()

@@ -1,0 +1,46 @@
+"""Shared fixtures: the bundled model in-process and a real llama.cpp server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from degen.engines.hf import bundled_model_path
+from degen.engines.local import LocalEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf() -> Path:
+    return bundled_model_path()
+
+
+@pytest.fixture(scope="session")
+def local_engine() -> Iterator[LocalEngine]:
+    """One bundled-model engine for the whole session (loading costs ~1 s from cache)."""
+    eng = LocalEngine(batch_size=8)
+    eng.load()
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_server(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
+    from tests.servers.llamacpp import LlamaCppServer
+
+    log = tmp_path_factory.mktemp("llamacpp") / "server.log"
+    srv = LlamaCppServer(bundled_gguf, log=log)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: the shared model cache, a clean cwd."""
+    env = dict(os.environ)
+    env.setdefault("DEGEN_CACHE_DIR", str(Path.home() / ".cache" / "degen"))
+    return env
