@@ -30,7 +30,7 @@ def local_engine() -> Iterator[LocalEngine]:
 
 @pytest.fixture(scope="session")
 def llamacpp_server(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
-    from tests.servers.llamacpp import LlamaCppServer
+    from degen.testing.llamacpp import LlamaCppServer
 
     log = tmp_path_factory.mktemp("llamacpp") / "server.log"
     srv = LlamaCppServer(bundled_gguf, log=log)

@@ -26,6 +26,7 @@ import queue
 import secrets
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,9 @@ class LocalEngine(Engine):
         self._tok: Any = None
         self._queue: queue.Queue[tuple[Request, Future[Completion]] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        # stop the worker even if the engine is dropped without close() (or at exit)
+        self._workers: list[threading.Thread] = []
+        self._finalizer = weakref.finalize(self, _stop_worker, self._queue, self._workers)
         self._lock = threading.Lock()
         self._closed = False
         self.steps = 0  # decode steps taken (for tests and benchmarks)
@@ -119,10 +123,8 @@ class LocalEngine(Engine):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            self._queue.put(None)
-            worker.join()
+            self._worker = None
+        self._finalizer()
 
     # ------------------------------------------------------------------ API
     def complete(self, request: Request) -> Completion:
@@ -137,6 +139,7 @@ class LocalEngine(Engine):
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, name="degen-local",
                                                 daemon=True)
+                self._workers.append(self._worker)
                 self._worker.start()
         self._queue.put((request, fut))
         return fut
@@ -162,12 +165,13 @@ class LocalEngine(Engine):
         try:
             self.load()
         except Exception as e:  # fail every request rather than hang the callers
-            self._drain_with_error(f"model failed to load: {e}")
+            self._fail_waiting(f"model failed to load: {e}", until_closed=True)
             return
         batch = _Batch(self)
         while True:
-            stop = self._admit(batch)
-            if stop and not batch.rows:
+            if self._admit(batch):  # closing: nothing in flight survives close()
+                batch.fail_all("the engine was closed")
+                self._fail_waiting("the engine was closed")
                 return
             if batch.rows:
                 try:
@@ -196,19 +200,18 @@ class LocalEngine(Engine):
             batch.add(new)
         return closing
 
-    def _drain_with_error(self, msg: str) -> None:
+    def _fail_waiting(self, msg: str, until_closed: bool = False) -> None:
+        """Answer every queued request with an error; with ``until_closed`` keep doing
+        so for new ones until the engine is closed."""
         while True:
             try:
-                item = self._queue.get(timeout=0.05)
+                item = self._queue.get(block=until_closed)
             except queue.Empty:
-                if self._closed:
-                    return
-                continue
+                return
             if item is None:
                 return
             req, fut = item
-            now = time.time()
-            fut.set_result(self._error(req, msg, now))
+            fut.set_result(self._error(req, msg, time.time()))
 
     def _error(self, req: Request, msg: str, started: float) -> Completion:
         return Completion.from_request(
@@ -468,6 +471,14 @@ class _Batch:
                 r.future.set_result(self.e._error(r.req, msg, r.started_at))
         self.rows = []
         self.cache = self.mask = None
+
+
+def _stop_worker(q: queue.Queue[Any], workers: list[threading.Thread]) -> None:
+    for w in workers:
+        q.put(None)
+        if w is not threading.current_thread():
+            w.join()
+    workers.clear()
 
 
 def _plain_layers(cache: Any) -> bool:

@@ -1,4 +1,6 @@
-"""Start and stop a real llama.cpp server (llama-cpp-python[server]) on loopback."""
+"""Start and stop a real llama.cpp server (``llama-cpp-python[server]``) on 127.0.0.1.
+
+Needs ``pip install 'llama-cpp-python[server]'`` (``scripts/setup.sh --test`` does it)."""
 
 from __future__ import annotations
 

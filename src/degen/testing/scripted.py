@@ -24,6 +24,11 @@ def _chat(text: str, finish: str = "stop") -> dict[str, Any]:
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up on a hanging or resetting handler is expected here."""
+
+
 class ScriptedServer:
     def __init__(self, script: list[str], owned_by: str = "scripted",
                  hang_s: float = 5.0) -> None:
@@ -124,7 +129,7 @@ class ScriptedServer:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

@@ -1,0 +1,1 @@
+"""Speed and fidelity measurements; results are recorded in benchmarks/README.md."""

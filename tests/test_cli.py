@@ -1,0 +1,146 @@
+"""The `degen` command as a user runs it: real subprocesses, real engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from degen.load.store import iter_records
+from degen.testing.llamacpp import free_port
+
+DEGEN = str(Path(sys.executable).parent / "degen")
+
+
+def degen(*args: str, cwd: Path, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([DEGEN, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_is_fast_and_lists_run(tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    r = degen("--help", cwd=tmp_path)
+    assert r.returncode == 0 and "run" in r.stdout
+    assert time.perf_counter() - t0 < 3  # no torch at import; ~0.3 s here
+    out = subprocess.run([sys.executable, "-c", "import sys, degen.cli.app; "
+                          "print('torch' in sys.modules, 'httpx' in sys.modules)"],
+                         capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+BAD = [
+    (["--prompts", "{bad}"], "p.jsonl:2: not valid JSON"),
+    (["--engine", "vllm"], "engine 'vllm' is not registered; available: local, openai"),
+    (["--temperature", "-1"], "temperature must be in [0, 100], got -1"),
+    (["--top-p", "2"], "top_p must be in (0, 1]"),
+    (["--rate", "fast"], "--rate must look like"),
+    (["--model", "/nope/model.gguf"], "model path /nope/model.gguf does not exist"),
+    (["--resume"], "--resume needs --out"),
+    (["--requests", "0"], "--requests must be >= 1"),
+    (["--concurrency", "0"], "--concurrency must be >= 1"),
+    (["--penalty-scope", "all"], "repetition_penalty_scope must be one of"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, needle) -> None:
+    args = list(args)
+    if "{bad}" in args:
+        bad = tmp_path / "p.jsonl"
+        bad.write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n')
+        args[args.index("{bad}")] = str(bad)
+    out = tmp_path / "out"
+    if "--resume" not in args:
+        args += ["--out", str(out)]
+    r = degen("run", "--requests", "2", *args, cwd=tmp_path, timeout=60) \
+        if "--requests" not in args else degen("run", *args, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert needle in lines[0]
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_unreachable_server_says_which_url(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    r = degen("run", "--engine", "openai", "--base-url", url, "--out", str(tmp_path / "o"),
+              cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: no server answered at {url} (ConnectError); start one "
+                                "or pass --base-url")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_out_needs_resume(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    r = degen("run", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2 and "pass --resume" in r.stderr
+
+
+def test_run_json_summary_on_the_local_engine(tmp_path: Path) -> None:
+    r = degen("run", "--requests", "4", "--max-tokens", "12", "--temperature", "0", "--json",
+              "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert {"n", "failures", "failure_rate", "ci95", "errors", "out", "tokens_per_s",
+            "latency_p50_s", "latency_p95_s"} <= set(s)
+    assert s["n"] == 4 and s["errors"] == 0 and s["out"] == str(tmp_path / "o")
+    recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
+    assert s["failures"] == sum(c.finish_reason == "length" for c in recs)
+    assert s["tokens_per_s"] > 0
+    lo, hi = s["ci95"]
+    assert 0 <= lo <= hi <= 1
+
+
+def test_human_summary(tmp_path: Path) -> None:
+    r = degen("run", "--requests", "2", "--max-tokens", "6", "--out", str(tmp_path / "o"),
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "runaways" in r.stdout and "95% CI" in r.stdout and "records.jsonl" in r.stdout
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    args = ["run", "--requests", "24", "--max-tokens", "16", "--rate", "6/s", "--batch-size",
+            "4", "--out", str(out), "--quiet"]
+    p = subprocess.Popen([DEGEN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    recs = out / "records.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if recs.exists() and len(recs.read_bytes().splitlines()) >= 6:
+            break
+        if p.poll() is not None:
+            pytest.fail(f"run ended before the kill: {p.stderr.read()}")
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    before = len(list(iter_records(recs, allow_torn_tail=True)))
+    assert 6 <= before < 24
+    r = degen(*args, "--resume", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ids = [c.request_id for c in iter_records(recs)]
+    assert sorted(ids) == sorted(f"0-{i}" for i in range(24))
+    assert json.loads(r.stdout)["n"] == 24
+
+
+def test_openai_engine_through_the_cli(tmp_path: Path, llamacpp_server) -> None:
+    r = degen("run", "--engine", "openai", "--base-url", llamacpp_server.base_url,
+              "--requests", "3", "--max-tokens", "8", "--no-repeat-ngram-size", "3",
+              "--stream", "--json", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: no_repeat_ngram_size is not applied" in r.stderr
+    s = json.loads(r.stdout)
+    assert s["n"] == 3 and s["errors"] == 0
+    meta = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert meta["engine"]["dialect"] == "llamacpp"
+    assert meta["dropped_params"] == {"no_repeat_ngram_size":
+                                      "the llamacpp API has no such parameter"}

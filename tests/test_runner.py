@@ -1,0 +1,155 @@
+"""The load runner and its output folder: records, run.json, resume, summary.
+
+A scripted engine stands in where the test needs exact control of timing and
+outcomes; the real engines run under the runner in tests/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from degen.engines.base import Engine
+from degen.errors import InputFileError, OutputDirError
+from degen.load.runner import run_load
+from degen.load.schedule import Plan
+from degen.load.store import RunDir, iter_records
+from degen.prompts import load_prompts
+from degen.records import Completion, Request, SamplingParams, Timings
+from degen.summary import summarize
+
+
+class ScriptedEngine(Engine):
+    """Runaway when the request index is divisible by 3, error when by 7 (not 0)."""
+
+    name = "scripted"
+    model = "script"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.inflight = 0
+        self.max_inflight = 0
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def complete(self, r: Request) -> Completion:
+        started = time.time()
+        with self._lock:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+            self.calls.append(r.request_id)
+        time.sleep(self.delay)
+        with self._lock:
+            self.inflight -= 1
+        t = Timings(r.scheduled_at, started, None, time.time())
+        if r.index % 7 == 0 and r.index:
+            return Completion.from_request(r, finish_reason="error", error="boom", timings=t,
+                                           engine=self.name, model=self.model)
+        fr = "length" if r.index % 3 == 0 else "stop"
+        return Completion.from_request(r, finish_reason=fr, text="x", completion_tokens=10,
+                                       timings=t, engine=self.name, model=self.model)
+
+
+def plan(**kw) -> Plan:
+    base = dict(prompts=tuple(load_prompts())[:5], params=SamplingParams(max_tokens=10),
+                requests=10, runs=2, seed=1)
+    return Plan(**(base | kw))
+
+
+def test_run_writes_every_record_and_run_json(tmp_path: Path) -> None:
+    eng = ScriptedEngine()
+    res = run_load(eng, plan(), tmp_path / "out", concurrency=3)
+    recs = list(iter_records(tmp_path / "out" / "records.jsonl"))
+    assert sorted(c.request_id for c in recs) == sorted(f"{r}-{i}" for r in (0, 1)
+                                                         for i in range(10))
+    assert [c.request_id for c in res.completions][:2] == ["0-0", "0-1"]
+    meta = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["plan"] == plan().fingerprint()
+    assert meta["engine"] == {"engine": "scripted", "model": "script"}
+    assert {"python", "degen"} <= set(meta["versions"])
+
+
+def test_summary_counts(tmp_path: Path) -> None:
+    res = run_load(ScriptedEngine(), plan(), tmp_path / "o")
+    s = summarize(res.completions, out="o")
+    # per run: indices 0..9; errors at 7; runaways at 0, 3, 6, 9
+    assert (s["n"], s["errors"], s["valid"], s["failures"]) == (20, 2, 18, 8)
+    assert s["failure_rate"] == pytest.approx(8 / 18)
+    lo, hi = s["ci95"]
+    assert lo < 8 / 18 < hi
+    assert [r["failures"] for r in s["runs"]] == [4, 4]
+    assert s["first_error"] == "boom" and s["out"] == "o"
+    assert s["completion_tokens"] == 180
+
+
+def test_concurrency_is_a_ceiling(tmp_path: Path) -> None:
+    eng = ScriptedEngine(delay=0.05)
+    run_load(eng, plan(requests=12, runs=1), tmp_path / "o", concurrency=4)
+    assert eng.max_inflight == 4
+
+
+def test_rate_spaces_the_requests(tmp_path: Path) -> None:
+    eng = ScriptedEngine()
+    t0 = time.perf_counter()
+    res = run_load(eng, plan(requests=6, runs=1, rate=20.0, arrivals="constant"), tmp_path / "o")
+    took = time.perf_counter() - t0
+    assert 0.24 <= took < 1.0  # 5 gaps of 50 ms
+    sched = [c.timings.scheduled_at for c in res.completions]
+    gaps = [b - a for a, b in itertools.pairwise(sched)]
+    assert all(g == pytest.approx(0.05, abs=1e-6) for g in gaps)
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    run_load(ScriptedEngine(), plan(), tmp_path / "o")
+    before = (tmp_path / "o" / "records.jsonl").read_bytes()
+    with pytest.raises(OutputDirError, match="pass --resume"):
+        run_load(ScriptedEngine(), plan(), tmp_path / "o")
+    assert (tmp_path / "o" / "records.jsonl").read_bytes() == before
+
+
+def test_resume_skips_recorded_requests_and_drops_a_torn_line(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    run_load(ScriptedEngine(), plan(), out)
+    lines = (out / "records.jsonl").read_text().splitlines(keepends=True)
+    # as if killed: 7 records written, the 8th cut mid-line
+    (out / "records.jsonl").write_text("".join(lines[:7]) + lines[7][:25])
+    eng = ScriptedEngine()
+    res = run_load(eng, plan(), out, resume=True)
+    recs = list(iter_records(out / "records.jsonl"))
+    ids = [c.request_id for c in recs]
+    assert len(ids) == len(set(ids)) == 20
+    assert len(eng.calls) == 13 and len(res.completions) == 20
+    assert json.loads((out / "run.json").read_text())["resumes"] == 1
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    run_load(ScriptedEngine(), plan(), tmp_path / "o")
+    with pytest.raises(OutputDirError, match="seed differ"):
+        run_load(ScriptedEngine(), plan(seed=2), tmp_path / "o", resume=True)
+    with pytest.raises(OutputDirError, match=r"no run\.json"):
+        run_load(ScriptedEngine(), plan(), tmp_path / "empty", resume=True)
+
+
+def test_malformed_records_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "records.jsonl"
+    c = Completion("a", "p", SamplingParams(), finish_reason="stop")
+    f.write_text(c.to_json() + "\n{oops}\n" + c.to_json() + "\n")
+    with pytest.raises(InputFileError, match=r"records\.jsonl:2"):
+        list(iter_records(f))
+
+
+def test_appends_are_whole_lines_under_threads(tmp_path: Path) -> None:
+    d = RunDir.create(tmp_path / "o", {"plan": {}})
+    c = Completion("a", "p", SamplingParams(), finish_reason="stop", text="y" * 5000)
+    ts = [threading.Thread(target=lambda: [d.append(c) for _ in range(50)]) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    d.close()
+    assert len(list(iter_records(tmp_path / "o" / "records.jsonl"))) == 200
