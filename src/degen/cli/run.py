@@ -119,24 +119,24 @@ def _fmt(x: float | None, spec: str, unit: str = "") -> str:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(show_header=False, box=None, pad_edge=False)
     lo, hi = s["ci95"]
     rate = "-" if s["failure_rate"] is None else (
         f"{s['failure_rate']:.1%}  (95% CI {lo:.1%}-{hi:.1%}, n={s['valid']})")
-    t.add_row("requests", str(s["n"]))
-    t.add_row("runaways", f"{s['failures']}  rate {rate}")
-    t.add_row("errors", str(s["errors"]) + (f"  first: {s['first_error']}"
-                                              if s["first_error"] else ""))
-    t.add_row("tokens/s", _fmt(s["tokens_per_s"], ".1f"))
-    t.add_row("latency p50 / p95", f"{_fmt(s['latency_p50_s'], '.2f', ' s')} / "
-              f"{_fmt(s['latency_p95_s'], '.2f', ' s')}")
+    rows = [
+        ("requests", str(s["n"])),
+        ("runaways", f"{s['failures']}  rate {rate}"),
+        ("errors", str(s["errors"]) + (f"  first: {s['first_error']}"
+                                       if s["first_error"] else "")),
+        ("tokens/s", _fmt(s["tokens_per_s"], ".1f")),
+        ("latency p50 / p95", f"{_fmt(s['latency_p50_s'], '.2f', ' s')} / "
+                              f"{_fmt(s['latency_p95_s'], '.2f', ' s')}"),
+    ]
     if s["ttft_p50_s"] is not None:
-        t.add_row("time to first token p50", _fmt(s["ttft_p50_s"], ".3f", " s"))
+        rows.append(("first token p50", _fmt(s["ttft_p50_s"], ".3f", " s")))
     if len(s["runs"]) > 1:
-        per = ", ".join(f"{r['failures']}/{r['n']}" for r in s["runs"])
-        t.add_row("runaways per run", per)
-    t.add_row("records", f"{s['out']}/records.jsonl")
-    Console().print(t)
+        rows.append(("runaways per run", ", ".join(f"{r['failures']}/{r['n']}"
+                                                   for r in s["runs"])))
+    rows.append(("records", f"{s['out']}/records.jsonl"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")

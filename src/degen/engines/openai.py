@@ -276,7 +276,9 @@ class OpenAIEngine(Engine):
         if reason is None:
             if raw is None:
                 return self._error(req, "the server ended the response without a "
-                                   "finish_reason", started, attempts)
+                                   "finish_reason (aborted? llama-cpp-python interrupts a "
+                                   "stream when another request arrives unless started with "
+                                   "--interrupt_requests False)", started, attempts)
             reason = "stop"
         if raw != reason:
             extra["server_finish_reason"] = raw

@@ -30,7 +30,10 @@ class LlamaCppServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
-             "--n_threads", "2"],
+             "--n_threads", "2",
+             # by default llama-cpp-python cuts a running stream when another request
+             # arrives; a load test needs them queued instead
+             "--interrupt_requests", "False"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         self._wait()
