@@ -9,7 +9,12 @@ want_test=0
 
 py=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+pip=(pip_quiet)
+# pip_quiet ARGS...: pip install, without pip's notes about unreachable index folders
+pip_quiet() {
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2> >(
+    grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
 
 # torch first and pinned: a looser requirement on a machine without torch pulls
 # several GB of CUDA packages.

@@ -32,6 +32,8 @@ def test_help_is_fast_and_lists_run(tmp_path: Path) -> None:
                           "print('torch' in sys.modules, 'httpx' in sys.modules)"],
                          capture_output=True, text=True)
     assert out.stdout.split() == ["False", "False"]
+    v = degen("--version", cwd=tmp_path)
+    assert v.returncode == 0 and v.stdout.strip() == "degen 0.1.0"
 
 
 BAD = [
@@ -144,3 +146,34 @@ def test_openai_engine_through_the_cli(tmp_path: Path, llamacpp_server) -> None:
     assert meta["engine"]["dialect"] == "llamacpp"
     assert meta["dropped_params"] == {"no_repeat_ngram_size":
                                       "the llamacpp API has no such parameter"}
+
+
+def test_a_gguf_that_is_not_a_model(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    env = dict(os.environ, DEGEN_CACHE_DIR=str(tmp_path / "cache"))
+    r = degen("run", "--model", str(bad), "--out", str(tmp_path / "o"), "-q", cwd=tmp_path,
+              env=env)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot load {bad}")
+    assert not (tmp_path / "o").exists()
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    p = subprocess.Popen([DEGEN, "run", "--requests", "40", "--max-tokens", "64", "--out",
+                          str(out), "-q"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "records.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert f"--resume --out {out}" in err
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "interrupted"
+    recs = list(iter_records(out / "records.jsonl"))
+    assert all(not c.is_error for c in recs)  # requests cut by Ctrl-C are not recorded

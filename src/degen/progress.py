@@ -55,7 +55,7 @@ class Progress:
 class RichProgress(Progress):
     """A rich progress bar on stderr."""
 
-    def __init__(self, total: int, description: str = "requests") -> None:
+    def __init__(self, total: int, description: str = "requests", console: Any = None) -> None:
         super().__init__(total, description)
         from rich.console import Console
         from rich.progress import (
@@ -73,7 +73,7 @@ class RichProgress(Progress):
             TextColumn("errors {task.fields[errors]}"),
             TextColumn("{task.fields[tok_s]:.0f} tok/s"),
             TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
+            console=console or Console(stderr=True), transient=False,
         )
         self._task = self._bar.add_task(description, total=total, failures=0, errors=0, tok_s=0.0)
 

@@ -26,15 +26,18 @@ app = typer.Typer(
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.",
-                                 is_eager=True),
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
     if version:
-        from importlib.metadata import version as v
+        from degen import __version__
 
-        typer.echo(f"degen {v('degen')}")
+        typer.echo(f"degen {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit()
 
 

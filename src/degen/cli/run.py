@@ -103,8 +103,12 @@ def run(
             load()
         show = not quiet and sys.stderr.isatty()
         progress = (RichProgress if show else Progress)(plan.total, f"{engine}:{eng.model}"[:40])
-        result = run_load(eng, plan, out, concurrency=concurrency, resume=resume,
-                          progress=progress, extra_meta={"dropped_params": dropped})
+        try:
+            result = run_load(eng, plan, out, concurrency=concurrency, resume=resume,
+                              progress=progress, extra_meta={"dropped_params": dropped})
+        except KeyboardInterrupt:
+            err(f"interrupted; continue with the same flags plus --resume --out {out}", err=True)
+            raise typer.Exit(130) from None
     finally:
         eng.close()
     summary = summarize(result.completions, out=str(out))

@@ -33,7 +33,7 @@ from typing import Any
 
 from degen.engines import hf
 from degen.engines.base import Engine
-from degen.errors import InvalidParams
+from degen.errors import InvalidParams, ModelNotFound
 from degen.records import Completion, Request, Timings
 
 
@@ -77,14 +77,12 @@ class LocalEngine(Engine):
         self._model: Any = None
         self._tok: Any = None
         self._queue: queue.Queue[tuple[Request, Future[Completion]] | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
-        # stop the worker even if the engine is dropped without close() (or at exit)
+        # the worker thread (0 or 1); stopped by close(), or at exit if nobody closed us
         self._workers: list[threading.Thread] = []
         self._finalizer = weakref.finalize(self, _stop_worker, self._queue, self._workers)
         self._lock = threading.Lock()
         self._closed = False
-        self.steps = 0  # decode steps taken (for tests and benchmarks)
-        self.max_rows_seen = 0
+        self.max_rows_seen = 0  # largest batch so far (for tests and benchmarks)
 
     # ------------------------------------------------------------------ setup
     def load(self) -> None:
@@ -92,11 +90,15 @@ class LocalEngine(Engine):
         with self._lock:
             if self._model is not None:
                 return
-            model, tok = hf.load_model(self.source, self._device_opt, self._dtype_opt)
+            try:
+                model, tok = hf.load_model(self.source, self._device_opt, self._dtype_opt)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise ModelNotFound(
+                    f"cannot load {self.source.path}: {type(e).__name__}: {str(e)[:200]}"
+                ) from None
             self._stop_ids = hf.stop_token_ids(model, tok)
             self._ctx = hf.context_length(model)
             self._device = next(model.parameters()).device
-            self._vocab = model.get_output_embeddings().weight.shape[0]
             self._model, self._tok = model, tok
 
     @property
@@ -123,7 +125,6 @@ class LocalEngine(Engine):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._worker = None
         self._finalizer()
 
     # ------------------------------------------------------------------ API
@@ -136,11 +137,10 @@ class LocalEngine(Engine):
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is closed")
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._serve, name="degen-local",
-                                                daemon=True)
-                self._workers.append(self._worker)
-                self._worker.start()
+            if not self._workers:
+                worker = threading.Thread(target=self._serve, name="degen-local", daemon=True)
+                self._workers.append(worker)
+                worker.start()
         self._queue.put((request, fut))
         return fut
 
@@ -356,7 +356,6 @@ class _Batch:
         self.cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         self.positions = self.positions + 1
-        e.steps += 1
         self.next_tokens = self._pick(logits, self.rows, self.params, self.seen, self.counts)
         self._finish_rows()
 
@@ -364,7 +363,6 @@ class _Batch:
         """Sample one token per row and record it in the row's state."""
         from degen.engines import sampling
 
-        logits = logits[:, : seen.shape[1]]
         logits = sampling.apply_penalties(logits, params, seen, counts)
         if any(r.ngrams is not None for r in rows):
             banned = [self._banned(r) for r in rows]
