@@ -101,33 +101,30 @@ class ScriptedServer:
                 time.sleep(server.hang_s)
                 self._json(200, _chat(OK_TEXT))
 
-            def do_reset(self, stream: bool) -> None:
-                # headers and one event, then the connection drops without [DONE]
+            def _start_sse(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
+                self.close_connection = True
+
+            def do_reset(self, stream: bool) -> None:
+                # headers and one event, then the connection drops without [DONE]
+                self._start_sse()
                 self.wfile.write(b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n')
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
-                self.close_connection = True
 
             def do_malformed(self, stream: bool) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
+                self._start_sse()
                 self.wfile.write(b"data: {not json\n\n")
                 self.wfile.flush()
-                self.close_connection = True
 
             def _sse(self, events: list[dict[str, Any]]) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
+                self._start_sse()
                 for ev in events:
                     self.wfile.write(b"data: " + json.dumps(ev).encode() + b"\n\n")
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-                self.close_connection = True
 
         self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
