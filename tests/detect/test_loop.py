@@ -1,0 +1,115 @@
+"""The exact loop detector and its streaming core."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from degen.detect.loop import LoopDetector, PeriodTracker, text_units
+from degen.errors import InvalidParams
+from degen.records import Completion, SamplingParams
+
+SEED_004_END = (
+    "The end. The end. The moral value of you are the best friends. The end. You are better "
+    "to you are better " + "lesson " * 23 + "to you " + "forgive " * 14
+)
+
+
+def comp(text: str, fr: str = "length") -> Completion:
+    return Completion("r", "p", SamplingParams(), finish_reason=fr, text=text)
+
+
+def test_seed_004_lesson_loop() -> None:
+    f = LoopDetector()(comp(SEED_004_END))
+    assert f is not None and f.kind == "loop"
+    assert f.evidence["period"] == 1 and f.evidence["unit_text"] == "lesson "
+    assert f.start_char == SEED_004_END.index("lesson")
+    assert f.evidence["repeats"] == 23 and not f.evidence["reaches_end"]
+    assert f.evidence["detected_after_units"] == 16
+
+
+def test_paragraph_loop_to_the_end() -> None:
+    intro = "Autumn comes quietly over the hills, and the old oak lets go.\n"
+    stanza = "A dance of leaves,\nA song of the breeze, falling softly on the stream.\n"
+    text = intro + stanza * 5
+    f = LoopDetector()(comp(text))
+    assert f is not None
+    # the intro ends in "." like every stanza, so the periodic region (exactly) starts
+    # one unit early and the unit is the stanza rotated by that "."
+    assert f.start_char == len(intro) - 2
+    assert f.evidence["unit_text"] == ".\n" + stanza[:-2]
+    assert f.evidence["period"] == 17
+    assert f.evidence["reaches_end"] and f.evidence["repeats"] == pytest.approx(86 / 17, 0.01)
+
+
+@pytest.mark.parametrize("text", [
+    "Hello hello hello!",
+    "yes, yes, yes, yes, yes",
+    "1. Boil the water.\n2. Warm the pot.\n3. Add the leaves.\n4. Steep for three minutes.\n"
+    "5. Pour and enjoy.",
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\n"
+    "def mul(a, b):\n    return a * b\n",
+    "name,age,city\nAnna,31,Paris\nBen,25,Rome\nCleo,40,Oslo\nDan,22,Kyiv\n",
+    "| day | high | low |\n| --- | --- | --- |\n| Mon | 12 | 4 |\n| Tue | 14 | 5 |\n",
+    '[{"id": 1, "name": "ant"}, {"id": 2, "name": "bee"}, {"id": 3, "name": "cat"}]',
+    "Verse one about the sea.\nChorus: sing it loud, sing it proud!\nVerse two about the sky.\n"
+    "Chorus: sing it loud, sing it proud!",
+])
+def test_legitimately_repetitive_text_is_not_a_loop(text: str) -> None:
+    assert LoopDetector()(comp(text, "stop")) is None
+
+
+def test_detection_latency_and_onset_are_exact_over_many_periods() -> None:
+    rng = random.Random(0)
+    for period in [1, 2, 3, 5, 8, 13, 21, 34, 55, 89]:
+        vocab = [f"w{i}" for i in range(5000)]
+        prefix = rng.sample(vocab, 40)
+        unit = rng.sample([v for v in vocab if v not in prefix], period)
+        seq = prefix + unit * (12 + 20 // period)
+        t = PeriodTracker()
+        loop = None
+        for i, u in enumerate(seq):
+            loop = t.push(u)
+            if loop is not None:
+                detected_at = i + 1
+                break
+        assert loop is not None, period
+        assert (loop.onset, loop.period) == (40, period)
+        latency = detected_at - 40
+        assert latency <= 2.5 * period + 16, (period, latency)
+
+
+def test_onset_extends_back_over_a_unit_with_inner_repeats() -> None:
+    seq = ["x", "y", "a", "b", "a", "c"] + ["a", "b", "a", "c"] * 6
+    loop = PeriodTracker().feed(seq)
+    assert loop is not None and loop.period == 4 and loop.onset == 2
+
+
+def test_streaming_keeps_few_candidates_on_long_text() -> None:
+    """The cost per unit stays flat because the active set stays small."""
+    rng = random.Random(1)
+    vocab = [f"w{i}" for i in range(300)] + ["the", "a", ",", "."] * 40
+    t = PeriodTracker()
+    most = 0
+    for _ in range(30000):
+        assert t.push(rng.choice(vocab)) is None
+        most = max(most, len(t._active))
+    assert most <= 12
+    assert len(t._buf) == t._buf.maxlen  # history is bounded too
+
+
+def test_units() -> None:
+    units, offsets = text_units("Wait --- what?!! OK")
+    assert units == ["wait", "---", "what", "?", "!!", "ok"]
+    assert offsets == [0, 5, 9, 13, 14, 17]
+
+
+@pytest.mark.parametrize(("kw", "needle"), [
+    ({"max_period": 0}, "max_period must be >= 1"),
+    ({"min_span": 1}, "min_span must be >= 2"),
+    ({"extra": -1}, "extra must be >= 0"),
+])
+def test_bad_arguments(kw, needle) -> None:
+    with pytest.raises(InvalidParams, match=needle):
+        LoopDetector(**kw)
