@@ -87,6 +87,8 @@ class DetectorList:
 _REGISTRY: dict[str, str] = {
     "runaway": "degen.detect.runaway:RunawayDetector",
     "loop": "degen.detect.loop:LoopDetector",
+    "spacing": "degen.detect.spacing:SpacingDetector",
+    "gibberish": "degen.detect.gibberish:GibberishDetector",
 }
 
 
