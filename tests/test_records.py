@@ -79,14 +79,18 @@ floats = st.floats(min_value=0, max_value=2e9, allow_nan=False)
     t=st.lists(st.none() | floats, min_size=4, max_size=4),
     msgs=st.none() | st.lists(st.fixed_dictionaries({"role": st.just("user"),
                                                       "content": texts}), min_size=1),
-    extra=st.dictionaries(st.sampled_from(["verdict", "note"]), st.integers() | texts),
+    extra=st.dictionaries(st.sampled_from(["note", "future"]), st.integers() | texts),
+    verdict=st.none() | st.fixed_dictionaries({"degenerate": st.booleans(),
+                                               "kinds": st.lists(st.sampled_from(["loop"]))}),
 )
-def test_completion_json_round_trips_exactly(text, temperature, ids, fr, t, msgs, extra) -> None:
+def test_completion_json_round_trips_exactly(text, temperature, ids, fr, t, msgs, extra,
+                                             verdict) -> None:
     c = Completion(
         request_id="0-1", prompt_id="qa-01", params=SamplingParams(temperature=temperature),
         finish_reason=fr, text=text, messages=msgs, prompt=None if msgs else "raw",
         token_ids=ids, prompt_tokens=3, completion_tokens=len(ids or []),
         timings=Timings(*t), engine="local", model="m", run=1, index=2, extra=extra,
+        verdict=verdict,
     )
     back = Completion.from_json(c.to_json())
     assert back == c

@@ -153,3 +153,24 @@ def test_appends_are_whole_lines_under_threads(tmp_path: Path) -> None:
         t.join()
     d.close()
     assert len(list(iter_records(tmp_path / "o" / "records.jsonl"))) == 200
+
+
+def test_records_carry_verdicts_and_the_summary_counts_kinds(tmp_path: Path) -> None:
+    from degen.detect.verdict import default_detectors
+
+    class Looper(ScriptedEngine):
+        def complete(self, r: Request) -> Completion:
+            c = super().complete(r)
+            if c.is_error:
+                return c
+            text = "Sure. " + "lesson " * 30 if c.is_runaway else "A fine short answer."
+            return Completion.from_dict(c.to_dict() | {"text": text})
+
+    res = run_load(Looper(), plan(runs=1), tmp_path / "o", detectors=default_detectors())
+    recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
+    assert all(c.verdict is not None for c in recs)
+    looped = [c for c in recs if c.verdict["kinds"] == ["loop", "runaway"]]
+    assert len(looped) == 4  # indices 0, 3, 6, 9
+    s = summarize(res.completions)
+    assert s["kinds"]["loop"]["count"] == 4 and s["kinds"]["loop"]["n"] == 9  # 1 error
+    assert s["kinds"]["gibberish"]["count"] == 0

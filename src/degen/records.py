@@ -236,6 +236,8 @@ class Completion:
     run: int = 0
     index: int = 0
     attempts: int = 1
+    #: what the detectors said (see degen.detect.verdict), when they were run
+    verdict: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

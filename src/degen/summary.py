@@ -36,7 +36,8 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
 
     ``failures`` are runaways (``finish_reason == "length"``) among the requests that
     did not error; ``failure_rate`` and ``ci95`` (Wilson, 95%) are over those
-    ``valid`` requests. Errors are counted apart, never as runaways.
+    ``valid`` requests. Errors are counted apart, never as runaways. When the records
+    carry verdicts, ``kinds`` gives each detector kind's count, rate and interval.
     """
     cs = list(completions)
     by_run: dict[int, list[Completion]] = defaultdict(list)
@@ -57,6 +58,12 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
         r.update(run=run, errors=len(by_run[run]) - len(v))
         runs.append(r)
     first_error = next((c.error for c in cs if c.is_error), None)
+    judged = [c.verdict for c in valid if c.verdict is not None]
+    kinds = None
+    if judged:
+        from degen.detect.verdict import kind_rates
+
+        kinds = kind_rates(judged)
     return {
         "n": len(cs),
         "valid": len(valid),
@@ -72,5 +79,6 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
         "latency_p95_s": percentile(lat, 95),
         "ttft_p50_s": percentile(ttft, 50),
         "runs": runs,
+        "kinds": kinds,
         "out": out,
     }

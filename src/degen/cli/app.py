@@ -13,6 +13,7 @@ import sys
 import typer
 
 from degen.cli import run as run_cmd
+from degen.cli import scan as scan_cmd
 from degen.errors import DegenError, UsageError
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
+app.command("scan", help=scan_cmd.HELP)(scan_cmd.scan)
 
 
 @app.callback(invoke_without_command=True)

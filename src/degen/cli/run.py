@@ -58,7 +58,11 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON "
                                            "object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    detect: Annotated[bool, typer.Option(help="Judge every completion with the detectors "
+                                         "(loop, spacing, gibberish) and store the verdict.")]
+        = True,
 ) -> None:
+    from degen.detect.verdict import default_detectors
     from degen.engines import create_engine
     from degen.errors import UsageError
     from degen.load.runner import run_load
@@ -105,7 +109,8 @@ def run(
         progress = (RichProgress if show else Progress)(plan.total, f"{engine}:{eng.model}"[:40])
         try:
             result = run_load(eng, plan, out, concurrency=concurrency, resume=resume,
-                              progress=progress, extra_meta={"dropped_params": dropped})
+                              progress=progress, extra_meta={"dropped_params": dropped},
+                              detectors=default_detectors() if detect else None)
         except KeyboardInterrupt:
             err(f"interrupted; continue with the same flags plus --resume --out {out}", err=True)
             raise typer.Exit(130) from None
@@ -137,6 +142,10 @@ def print_summary(s: dict[str, Any]) -> None:
     ]
     if s["ttft_p50_s"] is not None:
         rows.append(("first token p50", _fmt(s["ttft_p50_s"], ".3f", " s")))
+    if s.get("kinds"):
+        rows.append(("detected", "  ".join(
+            f"{k} {r['count']}" for k, r in s["kinds"].items() if k not in ("runaway", "any"))
+            + f"  (any kind: {s['kinds']['any']['count']}/{s['kinds']['any']['n']})"))
     if len(s["runs"]) > 1:
         rows.append(("runaways per run", ", ".join(f"{r['failures']}/{r['n']}"
                                                    for r in s["runs"])))

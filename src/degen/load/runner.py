@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from degen.detect.base import DetectorList
+from degen.detect.verdict import judge
 from degen.engines.base import Engine
 from degen.load.schedule import Plan
 from degen.load.store import RunDir
@@ -55,9 +57,11 @@ class RunResult:
 
 def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | None = None,
              resume: bool = False, progress: Progress | None = None,
-             extra_meta: dict[str, Any] | None = None) -> RunResult:
+             extra_meta: dict[str, Any] | None = None,
+             detectors: DetectorList | None = None) -> RunResult:
     """Run ``plan`` on ``engine``, writing records to ``out``. Returns every completion
-    of the plan (those of earlier sessions too when resuming)."""
+    of the plan (those of earlier sessions too when resuming). With ``detectors`` each
+    record carries its verdict (see :mod:`degen.detect.verdict`)."""
     out = Path(out)
     workers = max(1, concurrency or engine.preferred_concurrency)
     fingerprint = plan.fingerprint()
@@ -80,6 +84,8 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
 
     def work(req: Request) -> Completion:
         c = engine.complete(req)
+        if detectors is not None:
+            c = replace(c, verdict=judge(c, detectors))
         store.append(c)
         with lock:
             results.append(c)
