@@ -113,3 +113,42 @@ def test_units() -> None:
 def test_bad_arguments(kw, needle) -> None:
     with pytest.raises(InvalidParams, match=needle):
         LoopDetector(**kw)
+
+
+def test_streaming_text_deltas_match_the_batch_detector() -> None:
+    from degen.detect.loop import StreamingLoopDetector
+
+    text = "Here is the plan. " + "We go up the hill, then we go down the hill. " * 6
+    batch = LoopDetector()(comp(text))
+    rng = random.Random(3)
+    d = StreamingLoopDetector()
+    i = 0
+    found = None
+    while i < len(text) and found is None:
+        step = rng.randint(1, 7)  # deltas cut words in half
+        found = d.feed_text(text[i:i + step])
+        i += step
+    assert found is not None and batch is not None
+    assert found.start_char == batch.start_char
+    assert found.evidence["period"] == batch.evidence["period"]
+    assert i < len(text)  # answered before the stream ended
+    assert d.feed_text("more") is found
+
+
+def test_streaming_tokens_and_finish() -> None:
+    from degen.detect.loop import StreamingLoopDetector
+
+    d = StreamingLoopDetector()
+    ids = [5, 6, 7, 8, 9] + [1, 2, 3] * 10
+    got = [d.feed_token(t, piece=f"<{t}>") for t in ids]
+    first = next(k for k, f in enumerate(got) if f is not None)
+    f = got[first]
+    assert f.unit == "token" and f.start_unit == 5 and f.evidence["period"] == 3
+    assert f.evidence["unit_text"] == "<1> <2> <3>"
+    assert first + 1 - 5 <= 2.5 * 3 + 16
+    with pytest.raises(InvalidParams, match="either tokens or text"):
+        d.feed_text("x")
+    # a loop whose last unit arrives without a trailing space is found by finish()
+    s = StreamingLoopDetector()
+    assert s.feed_text(" ".join(["go"] * 16)) is None
+    assert s.finish() is not None

@@ -179,3 +179,99 @@ class LoopDetector(Detector):
                     + (" to the end" if reaches_end else ""),
             evidence=evidence,
         )
+
+
+class StreamingLoopDetector:
+    """Loop detection on a stream, for the guard: feed token ids or text deltas and
+    get a :class:`Finding` the moment a loop is confirmed (then on every later call).
+
+    Cost per unit does not grow with the stream's length (see :class:`PeriodTracker`);
+    memory is bounded by ``4 * max_period`` units. Feed either tokens or text, not both.
+
+    >>> d = StreamingLoopDetector()
+    >>> d.feed_text("Sure! ") is None
+    True
+    >>> f = None
+    >>> for _ in range(20):
+    ...     f = f or d.feed_text("lesson ")
+    >>> f.evidence["period"], f.start_char
+    (1, 6)
+    """
+
+    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8) -> None:
+        self.tracker = PeriodTracker(max_period, min_span, extra)
+        size = self.tracker._buf.maxlen
+        self._offsets: deque[int | None] = deque(maxlen=size)
+        self._pieces: deque[str] = deque(maxlen=size)
+        self._pending = ""
+        self._pending_at = 0  # char offset of _pending in the whole text
+        self.finding: Finding | None = None
+        self._mode: str | None = None
+
+    @property
+    def units(self) -> int:
+        return self.tracker.n
+
+    def _set_mode(self, mode: str) -> None:
+        if self._mode is None:
+            self._mode = mode
+        elif self._mode != mode:
+            raise InvalidParams("feed either tokens or text to one StreamingLoopDetector")
+
+    def _push(self, unit: Hashable, offset: int | None, piece: str) -> Finding | None:
+        self._offsets.append(offset)
+        self._pieces.append(piece)
+        loop = self.tracker.push(unit)
+        if loop is not None:
+            self.finding = self._make(loop)
+        return self.finding
+
+    def feed_token(self, token_id: int, piece: str = "", offset: int | None = None
+                   ) -> Finding | None:
+        """One generated token (``piece``: its text, for the evidence)."""
+        self._set_mode("token")
+        if self.finding is not None:
+            return self.finding
+        return self._push(token_id, offset, piece)
+
+    def feed_text(self, delta: str) -> Finding | None:
+        """A text delta. A unit touching the end of the text so far is held back until
+        the next delta shows whether it goes on."""
+        self._set_mode("text")
+        if self.finding is not None or not delta:
+            return self.finding
+        self._pending += delta
+        ms = list(_UNIT.finditer(self._pending))
+        if ms and ms[-1].end() == len(self._pending):
+            ms.pop()  # may continue
+        for m in ms:
+            if self._push(m.group(0).lower(), self._pending_at + m.start(), m.group(0)):
+                break
+        if ms:
+            cut = ms[-1].end()
+            self._pending_at += cut
+            self._pending = self._pending[cut:]
+        return self.finding
+
+    def finish(self) -> Finding | None:
+        """The stream ended: take the held-back unit too."""
+        if self._mode == "text" and self.finding is None:
+            for m in _UNIT.finditer(self._pending):
+                self._push(m.group(0).lower(), self._pending_at + m.start(), m.group(0))
+            self._pending = ""
+        return self.finding
+
+    def _make(self, loop: Loop) -> Finding:
+        first = self.tracker.n - len(self._pieces)
+        i = loop.onset - first
+        unit = " ".join(self._pieces[j] for j in range(i, i + loop.period))
+        return Finding(
+            kind="loop", score=min(1.0, 0.5 + 0.05 * loop.repeats),
+            message=f"{unit[:60]!r} repeats {loop.repeats:.1f} times (confirmed after "
+                    f"{loop.span} {'tokens' if self._mode == 'token' else 'units'})",
+            start_char=self._offsets[i], start_unit=loop.onset,
+            unit="token" if self._mode == "token" else "word",
+            evidence={"period": loop.period, "repeats": round(loop.repeats, 2),
+                      "unit_text": unit[:200], "detected_after_units": loop.span,
+                      "detected_at_unit": self.tracker.n},
+        )
