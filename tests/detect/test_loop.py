@@ -152,3 +152,15 @@ def test_streaming_tokens_and_finish() -> None:
     s = StreamingLoopDetector()
     assert s.feed_text(" ".join(["go"] * 16)) is None
     assert s.finish() is not None
+
+
+def test_a_counter_changing_while_nothing_new_is_said_is_a_near_loop() -> None:
+    text = "Here are the elements:\n" + "".join(f"{i}. Fire\n" for i in range(40, 52))
+    f = LoopDetector()(comp(text))
+    assert f is not None and f.evidence["near"] and f.evidence["period"] == 3
+    assert f.start_char == text.index("40.")
+
+
+def test_counting_is_not_a_loop() -> None:
+    assert LoopDetector()(comp(", ".join(str(i) for i in range(1, 41)), "stop")) is None
+    assert LoopDetector()(comp("\n".join(f"{i}." for i in range(1, 30)), "stop")) is None

@@ -1,6 +1,10 @@
 """``loop``: the text falls into a repeating unit ("lesson lesson lesson", a line or
-a paragraph over and over). Exact repeats for now; near-repeats and the precision
-calibration against legitimately repetitive text are still to come.
+a paragraph over and over, "44. Fire 45. Fire 46. Fire").
+
+Text is cut into units (lower-cased words, runs of one punctuation mark); every
+number is the same unit ``<num>``, so a counter that changes while nothing new is
+said still repeats. A repeating unit made only of numbers and punctuation (counting
+"1, 2, 3, ...") is not a loop: someone may have asked for it.
 
 The core is :class:`PeriodTracker`, a streaming check fed one unit (token id or
 word) at a time, whose cost per unit does not grow with the length of the text:
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +56,8 @@ class Loop:
 class PeriodTracker:
     """Streaming exact-repeat detector over hashable units. See the module doc."""
 
-    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8) -> None:
+    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8,
+                 accept: Callable[[list[Hashable]], bool] | None = None) -> None:
         if max_period < 1:
             raise InvalidParams(f"max_period must be >= 1, got {max_period}")
         if min_span < 2:
@@ -66,6 +71,8 @@ class PeriodTracker:
         self._active: dict[int, int] = {}  # period -> run length ending at the last unit
         self.n = 0  # units seen
         self.loop: Loop | None = None  # the first confirmed loop
+        self.accept = accept  # veto on a loop's unit (called once per candidate period)
+        self._vetoed: set[int] = set()
 
     def need(self, period: int) -> int:
         """Periodic units needed to confirm a loop of ``period``."""
@@ -85,6 +92,7 @@ class PeriodTracker:
                     active[p] += 1
                 else:
                     del active[p]
+                    self._vetoed.discard(p)
         j = self._last.get(unit)
         if j is not None:
             p = n - j
@@ -96,7 +104,10 @@ class PeriodTracker:
         if self.loop is None and active:
             for p in sorted(active):
                 span = active[p] + p
-                if span >= self.need(p):
+                if span >= self.need(p) and p not in self._vetoed:
+                    if self.accept is not None and not self.accept(list(buf)[-p:]):
+                        self._vetoed.add(p)
+                        continue
                     self.loop = self._extend_back(p, span)
                     return self.loop
         return None
@@ -119,11 +130,24 @@ class PeriodTracker:
         return None
 
 
+NUM = "<num>"
+
+
+def norm(unit: str) -> str:
+    """A text unit as the tracker sees it: lower-cased, every number ``<num>``."""
+    return NUM if unit.isdigit() else unit.lower()
+
+
+def says_something(unit: list[Hashable]) -> bool:
+    """A loop's unit holds a word, not just numbers and punctuation (counting)."""
+    return any(isinstance(u, str) and u != NUM and u[:1].isalnum() for u in unit)
+
+
 def text_units(text: str) -> tuple[list[str], list[int]]:
-    """Loop units of ``text`` (lower-cased words, punctuation runs) and their char offsets."""
+    """Loop units of ``text`` (see :func:`norm`) and their char offsets."""
     units, offsets = [], []
     for m in _UNIT.finditer(text):
-        units.append(m.group(0).lower())
+        units.append(norm(m.group(0)))
         offsets.append(m.start())
     return units, offsets
 
@@ -154,7 +178,8 @@ class LoopDetector(Detector):
     def __call__(self, completion: Completion) -> Finding | None:
         text = completion.text
         units, offsets = text_units(text)
-        tracker = PeriodTracker(self.max_period, self.min_span, self.extra)
+        tracker = PeriodTracker(self.max_period, self.min_span, self.extra,
+                                accept=says_something)
         loop = tracker.feed(units)
         if loop is None:
             return None
@@ -169,6 +194,7 @@ class LoopDetector(Detector):
         score = min(1.0, 0.5 + 0.05 * repeats + (0.25 if reaches_end else 0.0))
         evidence: dict[str, Any] = {
             "period": period, "repeats": round(repeats, 2), "span_units": span,
+            "near": NUM in units[start:start + period],
             "unit_text": unit_text[:200], "reaches_end": reaches_end,
             "detected_after_units": loop.span,
         }
@@ -215,6 +241,8 @@ class StreamingLoopDetector:
     def _set_mode(self, mode: str) -> None:
         if self._mode is None:
             self._mode = mode
+            if mode == "text":
+                self.tracker.accept = says_something
         elif self._mode != mode:
             raise InvalidParams("feed either tokens or text to one StreamingLoopDetector")
 
@@ -245,7 +273,7 @@ class StreamingLoopDetector:
         if ms and ms[-1].end() == len(self._pending):
             ms.pop()  # may continue
         for m in ms:
-            if self._push(m.group(0).lower(), self._pending_at + m.start(), m.group(0)):
+            if self._push(norm(m.group(0)), self._pending_at + m.start(), m.group(0)):
                 break
         if ms:
             cut = ms[-1].end()
@@ -257,7 +285,7 @@ class StreamingLoopDetector:
         """The stream ended: take the held-back unit too."""
         if self._mode == "text" and self.finding is None:
             for m in _UNIT.finditer(self._pending):
-                self._push(m.group(0).lower(), self._pending_at + m.start(), m.group(0))
+                self._push(norm(m.group(0)), self._pending_at + m.start(), m.group(0))
             self._pending = ""
         return self.finding
 
