@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from degen.cli import profile as profile_cmd
 from degen.cli import run as run_cmd
 from degen.cli import scan as scan_cmd
 from degen.errors import DegenError, UsageError
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
 app.command("scan", help=scan_cmd.HELP)(scan_cmd.scan)
+app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile_cmd)
 
 
 @app.callback(invoke_without_command=True)

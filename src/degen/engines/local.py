@@ -49,6 +49,7 @@ class _Row:
     first_token_at: float | None = None
     ngrams: dict[tuple[int, ...], set[int]] | None = None
     stop_hit: str | None = None
+    entropy: list[float] = field(default_factory=list)
 
 
 class LocalEngine(Engine):
@@ -60,12 +61,15 @@ class LocalEngine(Engine):
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         dtype: ``auto`` (fp32 on CPU, bf16 on CUDA), ``float32``, ``bfloat16``, ``float16``.
         continuous: admit waiting requests into a running batch (default on).
+        record_entropy: store each step's entropy (nats) of the model's own next-token
+            distribution, before any penalty or warping, in ``extra["entropy"]``.
     """
 
     name = "local"
 
     def __init__(self, model: str | None = None, batch_size: int = 32, device: str = "auto",
-                 dtype: str = "auto", continuous: bool = True) -> None:
+                 dtype: str = "auto", continuous: bool = True,
+                 record_entropy: bool = False) -> None:
         if batch_size < 1:
             raise InvalidParams(f"batch_size must be >= 1, got {batch_size}")
         self.source = hf.resolve_model(model)
@@ -73,6 +77,7 @@ class LocalEngine(Engine):
         self.batch_size = batch_size
         self.preferred_concurrency = batch_size
         self.continuous = continuous
+        self.record_entropy = record_entropy
         self._device_opt, self._dtype_opt = device, dtype
         self._model: Any = None
         self._tok: Any = None
@@ -363,6 +368,7 @@ class _Batch:
         """Sample one token per row and record it in the row's state."""
         from degen.engines import sampling
 
+        ents = sampling.entropy(logits).tolist() if self.e.record_entropy else None
         logits = sampling.apply_penalties(logits, params, seen, counts)
         if any(r.ngrams is not None for r in rows):
             banned = [self._banned(r) for r in rows]
@@ -373,10 +379,12 @@ class _Batch:
         idx = self.torch.arange(len(rows), device=toks.device)
         counts[idx, toks] += 1
         seen[idx, toks] = True  # generated tokens count as seen in both scopes
-        for r, t in zip(rows, tl, strict=True):
+        for k, (r, t) in enumerate(zip(rows, tl, strict=True)):
             if r.first_token_at is None:
                 r.first_token_at = now
             r.gen.append(t)
+            if ents is not None:
+                r.entropy.append(round(ents[k], 4))
             n = r.req.params.no_repeat_ngram_size
             if r.ngrams is not None:
                 seq = r.prompt_ids + r.gen
@@ -432,6 +440,7 @@ class _Batch:
                 text = text[:cut]
         c = Completion.from_request(
             r.req, finish_reason=reason, text=text, token_ids=tuple(ids),
+            extra={"entropy": r.entropy} if self.e.record_entropy else {},
             prompt_tokens=len(r.prompt_ids), completion_tokens=len(ids),
             engine=self.e.name, model=self.e.model,
             timings=Timings(scheduled_at=r.req.scheduled_at, started_at=r.started_at,
