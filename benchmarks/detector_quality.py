@@ -38,6 +38,10 @@ def load_examples(corpus: Path = CORPUS) -> list[tuple[Completion, set[str]]]:
     return out
 
 
+def _fmt(v: float | None, ci: list[float]) -> str:
+    return "-" if v is None else f"{v:.2f} ({ci[0]:.2f}-{ci[1]:.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
@@ -47,10 +51,9 @@ def main() -> None:
     print(f"{len(ex)} labelled texts")
     print(f"{'kind':<10} {'tp':>3} {'fp':>3} {'fn':>3}  precision            recall")
     for k, r in res.items():
-        def fmt(v, ci):
-            return "-" if v is None else f"{v:.2f} ({ci[0]:.2f}-{ci[1]:.2f})"
-        print(f"{k:<10} {r['tp']:>3} {r['fp']:>3} {r['fn']:>3}  "
-              f"{fmt(r['precision'], r['precision_ci95']):<20} {fmt(r['recall'], r['recall_ci95'])}")
+        prec = _fmt(r["precision"], r["precision_ci95"])
+        rec = _fmt(r["recall"], r["recall_ci95"])
+        print(f"{k:<10} {r['tp']:>3} {r['fp']:>3} {r['fn']:>3}  {prec:<20} {rec}")
         if r["false_positives"]:
             print(f"           false positives: {', '.join(r['false_positives'])}")
         if r["false_negatives"]:
