@@ -98,6 +98,9 @@ def test_run_json_summary_on_the_local_engine(tmp_path: Path) -> None:
     recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
     assert s["failures"] == sum(c.finish_reason == "length" for c in recs)
     assert s["tokens_per_s"] > 0
+    assert set(s["kinds"]) == {"runaway", "loop", "spacing", "gibberish", "any"}
+    assert s["kinds"]["runaway"]["count"] == s["failures"]
+    assert all(c.verdict is not None for c in recs)
     lo, hi = s["ci95"]
     assert 0 <= lo <= hi <= 1
 
@@ -107,6 +110,7 @@ def test_human_summary(tmp_path: Path) -> None:
               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "runaways" in r.stdout and "95% CI" in r.stdout and "records.jsonl" in r.stdout
+    assert "detected" in r.stdout and "gibberish" in r.stdout
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
