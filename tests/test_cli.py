@@ -175,7 +175,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130
+    assert p.returncode == 130, err
     assert f"--resume --out {out}" in err
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "interrupted"

@@ -174,3 +174,15 @@ def test_records_carry_verdicts_and_the_summary_counts_kinds(tmp_path: Path) -> 
     s = summarize(res.completions)
     assert s["kinds"]["loop"]["count"] == 4 and s["kinds"]["loop"]["n"] == 9  # 1 error
     assert s["kinds"]["gibberish"]["count"] == 0
+
+
+def test_an_engine_that_breaks_its_contract_stops_the_run(tmp_path: Path) -> None:
+    class Broken(ScriptedEngine):
+        def complete(self, r: Request) -> Completion:
+            if r.index == 2:
+                raise RuntimeError("engine bug")
+            return super().complete(r)
+
+    with pytest.raises(RuntimeError, match="engine bug"):
+        run_load(Broken(), plan(runs=1), tmp_path / "o")
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["status"] == "failed"

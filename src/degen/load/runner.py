@@ -18,7 +18,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +52,6 @@ def _now_iso() -> str:
 class RunResult:
     completions: list[Completion]
     out: Path
-    interrupted: bool = False
 
 
 def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | None = None,
@@ -92,7 +91,7 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
             progress.update(c)
         return c
 
-    interrupted = False
+    status = "finished"
     try:
         with progress:
             for run in range(plan.runs):
@@ -102,14 +101,16 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
                 if todo:
                     _dispatch(todo, workers, work)
     except KeyboardInterrupt:
-        interrupted = True
+        status = "interrupted"
+        raise
+    except BaseException:
+        status = "failed"
         raise
     finally:
-        status = "interrupted" if interrupted else "finished"
         store.update_meta(status=status, finished_at=_now_iso())
         store.close()
     results.sort(key=lambda c: (c.run, c.index))
-    return RunResult(results, out, interrupted)
+    return RunResult(results, out)
 
 
 def _dispatch(todo: list[tuple[Request, float]], workers: int,
@@ -128,8 +129,11 @@ def _dispatch(todo: list[tuple[Request, float]], workers: int,
                 time.sleep(delay)
             req = replace(req, scheduled_at=t0_wall + due)
             futures.append(pool.submit(work, req))
-        for fut in futures:
-            fut.result()
+        pending = set(futures)
+        while pending:  # wake up often: Ctrl-C is only seen when the main thread runs
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                fut.result()  # raise what a worker raised, at once
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
