@@ -164,3 +164,33 @@ def test_a_counter_changing_while_nothing_new_is_said_is_a_near_loop() -> None:
 def test_counting_is_not_a_loop() -> None:
     assert LoopDetector()(comp(", ".join(str(i) for i in range(1, 41)), "stop")) is None
     assert LoopDetector()(comp("\n".join(f"{i}." for i in range(1, 30)), "stop")) is None
+
+
+def _asked(text: str, prompt: str, fr: str = "stop") -> Completion:
+    return Completion("r", "p", SamplingParams(), finish_reason=fr, text=text, prompt=prompt)
+
+
+def test_repetition_the_prompt_asked_for_is_not_a_loop() -> None:
+    line = "I will not talk in class.\n"
+    prompt = "Write 'I will not talk in class' ten times."
+    assert LoopDetector()(_asked(line * 10 + "\nThere you go.", prompt)) is None
+    # the same phrase repeated to the end of a runaway is still a loop
+    f = LoopDetector()(_asked(line * 30, prompt, fr="length"))
+    assert f is not None and f.evidence["reaches_end"]
+    # and so is a phrase the prompt never mentioned
+    assert LoopDetector()(_asked(line * 10 + "\nThere you go.", "Tell me a story.")) is not None
+
+
+def test_rows_whose_numbers_are_data_are_not_a_near_loop() -> None:
+    rows = "".join(f"2024-04-{d:02d},{h},{lo},sunny\n"
+                   for d, h, lo in zip(range(1, 21), [12, 15, 14, 18, 11] * 4,
+                                       [4, 6, 3, 9, 5] * 4, strict=True))
+    assert LoopDetector()(_asked("date,high,low,conditions\n" + rows, "Weather CSV")) is None
+    # only a counter changing: nothing new is said
+    counter = "".join(f"{i}. Fire\n" for i in range(40, 70))
+    assert LoopDetector()(_asked(counter, "List things")) is not None
+
+
+def test_a_number_that_never_changes_is_a_loop_but_counting_is_not() -> None:
+    assert LoopDetector()(_asked("1. " * 40, "Number the steps")) is not None
+    assert LoopDetector()(_asked(", ".join(str(i) for i in range(1, 60)), "Count")) is None

@@ -25,6 +25,7 @@ repeats and whether it runs to the end of the text.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -160,6 +161,60 @@ def measure(seq: Sequence[Hashable], onset: int, period: int) -> int:
     return i - onset
 
 
+def _words(units: Sequence[Hashable]) -> list[Hashable]:
+    return [u for u in units if isinstance(u, str) and u != NUM and u[:1].isalnum()]
+
+
+def _asked_for(unit_words: list[Hashable], prompt_words: list[Hashable]) -> bool:
+    """The unit's words (in some rotation) appear, in order, in the prompt's words."""
+    n = len(unit_words)
+    if n == 0 or len(prompt_words) < n:
+        return False
+    grams = {tuple(prompt_words[i:i + n]) for i in range(len(prompt_words) - n + 1)}
+    return any(tuple(unit_words[k:] + unit_words[:k]) in grams for k in range(n))
+
+
+def _number_steps(units: Sequence[Hashable], offsets: Sequence[int], text: str, start: int,
+                  period: int, span: int) -> list[set[int]]:
+    """For each number slot of the unit, the set of steps between its successive values."""
+    out = []
+    for k in range(period):
+        if units[start + k] != NUM:
+            continue
+        vals = []
+        for i in range(start + k, start + span, period):
+            m = _UNIT.match(text, offsets[i])
+            vals.append(int(m.group(0)) if m and m.group(0).isdigit() else 0)
+        out.append({b - a for a, b in itertools.pairwise(vals)})
+    return out
+
+
+def legitimate(units: Sequence[Hashable], offsets: Sequence[int], text: str, start: int,
+               period: int, span: int, reaches_end: bool,
+               prompt_words: list[Hashable]) -> str | None:
+    """Why a repeating run is not degenerate (None: it is a loop).
+
+    - ``"requested"``: the prompt holds the repeated words ("write 'I will not talk in
+      class' ten times") and the text moves on afterwards; a requested phrase repeated
+      to the very end of the text is still a loop.
+    - ``"data"``: a near-repeat whose numbers carry information: some number slot takes
+      values that are not a counter (steps that vary). "44. Fire 45. Fire" only counts;
+      CSV rows and table lines with measured values say something new.
+    - ``"counting"``: a unit of only numbers and punctuation whose numbers change
+      ("1, 2, 3, ..."): someone may have asked for it. "1. 1. 1. 1." is still a loop.
+    """
+    unit = list(units[start:start + period])
+    if not reaches_end and _asked_for(_words(unit), prompt_words):
+        return "requested"
+    if NUM in unit:
+        steps = _number_steps(units, offsets, text, start, period, span)
+        if any(len(s) > 1 for s in steps):
+            return "data"
+        if not says_something(unit) and any(s != {0} for s in steps):
+            return "counting"
+    return None
+
+
 class LoopDetector(Detector):
     """Finds the first exact loop in a completion's text.
 
@@ -178,19 +233,29 @@ class LoopDetector(Detector):
     def __call__(self, completion: Completion) -> Finding | None:
         text = completion.text
         units, offsets = text_units(text)
-        tracker = PeriodTracker(self.max_period, self.min_span, self.extra,
-                                accept=says_something)
-        loop = tracker.feed(units)
-        if loop is None:
-            return None
-        span = measure(units, loop.onset, loop.period)
-        start, period = loop.onset, loop.period
+        asked = completion.prompt or " ".join(str(m.get("content", ""))
+                                              for m in completion.messages or ()
+                                              if m.get("role") != "assistant")
+        prompt_words = _words(text_units(asked)[0])
+        pos = 0
+        while True:  # the first loop that is not legitimate, scanning past those that are
+            tracker = PeriodTracker(self.max_period, self.min_span, self.extra)
+            found = tracker.feed(units[pos:])
+            if found is None:
+                return None
+            start, period = pos + found.onset, found.period
+            span = measure(units, start, period)
+            reaches_end = start + span >= len(units)
+            why = legitimate(units, offsets, text, start, period, span, reaches_end,
+                             prompt_words)
+            if why is None:
+                break
+            pos = start + span
         unit_start = offsets[start]
         unit_end = offsets[start + period] if start + period < len(offsets) else len(text)
         unit_text = text[unit_start:unit_end]
-        reaches_end = start + span >= len(units)
         repeats = span / period
-        # more repeats and a loop that never lets go are worse
+        loop = found
         score = min(1.0, 0.5 + 0.05 * repeats + (0.25 if reaches_end else 0.0))
         evidence: dict[str, Any] = {
             "period": period, "repeats": round(repeats, 2), "span_units": span,

@@ -31,17 +31,25 @@ class SpacingDetector(Detector):
         min_ratio: glued tokens as a share of all words.
         min_known: share of the other words that must be real words (in the text's
             best language) for this to be spacing rather than gibberish.
+        dense_ratio, min_known_dense: when glued tokens are at least ``dense_ratio`` of
+            the words (a collapse like seed 001's), ``min_known_dense`` is enough. A few
+            chance compounds ("matricesand") in otherwise noisy high-temperature text
+            are word salad, not spacing: that is why sparse gluing needs clean text.
     """
 
     kind = "spacing"
 
     def __init__(self, min_glued: int = 3, min_ratio: float = 0.03,
-                 min_known: float = 0.85) -> None:
+                 min_known: float = 0.95, dense_ratio: float = 0.2,
+                 min_known_dense: float = 0.85) -> None:
         if min_glued < 1:
             raise InvalidParams(f"min_glued must be >= 1, got {min_glued}")
-        if not 0 < min_ratio <= 1 or not 0 <= min_known <= 1:
-            raise InvalidParams("min_ratio must be in (0, 1] and min_known in [0, 1]")
+        if not 0 < min_ratio <= 1 or not 0 < dense_ratio <= 1:
+            raise InvalidParams("min_ratio and dense_ratio must be in (0, 1]")
+        if not 0 <= min_known <= 1 or not 0 <= min_known_dense <= 1:
+            raise InvalidParams("min_known and min_known_dense must be in [0, 1]")
         self.min_glued, self.min_ratio, self.min_known = min_glued, min_ratio, min_known
+        self.dense_ratio, self.min_known_dense = dense_ratio, min_known_dense
 
     def __call__(self, completion: Completion) -> Finding | None:
         text = lexicon.strip_code(completion.text)
@@ -65,7 +73,7 @@ class SpacingDetector(Detector):
         # the glued tokens are real words too; they count when few others are left
         judged = others if len(others) >= 10 else others + [w for g in glued for w in g["words"]]
         lang, known = lexicon.best_language(judged)
-        if known < self.min_known:
+        if known < (self.min_known_dense if ratio >= self.dense_ratio else self.min_known):
             return None
         ex = glued[0]
         return Finding(
