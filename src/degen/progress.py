@@ -26,7 +26,7 @@ class Progress:
 
     def update(self, c: Completion) -> None:
         self.done += 1
-        self.failures += c.is_runaway
+        self.failures += c.is_failure
         self.errors += c.is_error
         if not c.is_error:
             self.tokens += c.completion_tokens or 0

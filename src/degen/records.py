@@ -19,8 +19,10 @@ Semantics worth pinning down (engines follow these; see docs/parameters.md):
   over generated tokens only.
 - ``top_k`` 0, ``top_p`` 1, ``min_p`` 0, ``no_repeat_ngram_size`` 0 turn each off.
 - ``finish_reason`` is ``"stop"`` (an end token or a stop string), ``"length"``
-  (``max_tokens`` or the context ran out: a runaway) or ``"error"`` (the request
-  failed; never counted as a runaway).
+  (``max_tokens`` or the context ran out: a runaway), ``"repetition"`` (cut early
+  because the streaming loop detector confirmed a loop: vLLM's name for the same
+  thing) or ``"error"`` (the request failed; never counted as a runaway). A
+  *failure* is a runaway or a cut.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from typing import Any, ClassVar, Literal
 
 from degen.errors import InvalidParams
 
-FinishReason = Literal["stop", "length", "error"]
-FINISH_REASONS: tuple[str, ...] = ("stop", "length", "error")
+FinishReason = Literal["stop", "length", "repetition", "error"]
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "error")
 PENALTY_SCOPES: tuple[str, ...] = ("prompt+output", "output")
 
 
@@ -262,6 +264,16 @@ class Completion:
     def is_runaway(self) -> bool:
         """Hit ``max_tokens`` (or the context) without an end token."""
         return self.finish_reason == "length"
+
+    @property
+    def is_cut(self) -> bool:
+        """Stopped early because a loop was confirmed (it would have looped on)."""
+        return self.finish_reason == "repetition"
+
+    @property
+    def is_failure(self) -> bool:
+        """A runaway, or a loop cut before it could become one."""
+        return self.finish_reason in ("length", "repetition")
 
     @classmethod
     def from_request(cls, request: Request, **fields: Any) -> Completion:

@@ -43,3 +43,56 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: ``b`` pairs where only
+    the first arm failed, ``c`` where only the second did. Under no difference each
+    discordant pair goes either way with probability 1/2, so this is a binomial test.
+
+    >>> mcnemar_exact_p(0, 0)
+    1.0
+    >>> round(mcnemar_exact_p(1, 9), 4)  # 2 * P(X <= 1), X ~ Bin(10, 0.5) = 2 * 11/1024
+    0.0215
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"need b, c >= 0, got {b}, {c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(a: int, b: int, c: int, d: int, z: float = Z95) -> tuple[float, float, float]:
+    """Difference of two paired proportions, p1 - p2, with Newcombe's (1998, method 10)
+    hybrid score interval.
+
+    The four counts are the 2x2 table of pairs: ``a`` both arms failed, ``b`` only the
+    first, ``c`` only the second, ``d`` neither; p1 = (a + b) / n, p2 = (a + c) / n.
+    Pairing (the same prompt and seed in both arms) removes the prompt-to-prompt
+    variance, which is why degen compares arms on common random numbers.
+    Returns ``(difference, low, high)``.
+    """
+    n = a + b + c + d
+    if min(a, b, c, d) < 0:
+        raise ValueError("counts must be >= 0")
+    if n == 0:
+        return (0.0, -1.0, 1.0)
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, z)
+    l2, u2 = wilson_interval(a + c, n, z)
+    denom = (a + b) * (c + d) * (a + c) * (b + d)
+    if denom == 0:
+        phi = 0.0
+    else:  # Newcombe's continuity-corrected phi
+        num = a * d - b * c
+        num = max(num - n / 2, 0.0) if num > 0 else num
+        phi = num / math.sqrt(denom)
+    diff = p1 - p2
+    lo = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2)
+                              + (u2 - p2) ** 2))
+    hi = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2)
+                              + (p2 - l2) ** 2))
+    return (diff, max(-1.0, lo), min(1.0, hi))

@@ -34,8 +34,9 @@ def rate_block(failures: int, n: int) -> dict[str, Any]:
 def summarize(completions: Iterable[Completion], out: str | None = None) -> dict[str, Any]:
     """The summary ``degen run`` prints (and ``--json`` emits).
 
-    ``failures`` are runaways (``finish_reason == "length"``) among the requests that
-    did not error; ``failure_rate`` and ``ci95`` (Wilson, 95%) are over those
+    ``failures`` are runaways (``finish_reason == "length"``) and loops cut early
+    (``"repetition"``, counted again in ``cut``) among the requests that did not
+    error; ``failure_rate`` and ``ci95`` (Wilson, 95%) are over those
     ``valid`` requests. Errors are counted apart, never as runaways. When the records
     carry verdicts, ``kinds`` gives each detector kind's count, rate and interval.
     """
@@ -45,7 +46,8 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
         by_run[c.run].append(c)
     errors = sum(c.is_error for c in cs)
     valid = [c for c in cs if not c.is_error]
-    failures = sum(c.is_runaway for c in valid)
+    failures = sum(c.is_failure for c in valid)
+    cut = sum(c.is_cut for c in valid)
     tokens = sum(c.completion_tokens or 0 for c in valid)
     wall = sum(_span(v) for v in by_run.values())
     lat = [c.timings.latency_s for c in valid if c.timings.latency_s is not None]
@@ -54,7 +56,7 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
     runs = []
     for run in sorted(by_run):
         v = [c for c in by_run[run] if not c.is_error]
-        r = rate_block(sum(c.is_runaway for c in v), len(v))
+        r = rate_block(sum(c.is_failure for c in v), len(v))
         r.update(run=run, errors=len(by_run[run]) - len(v))
         runs.append(r)
     first_error = next((c.error for c in cs if c.is_error), None)
@@ -68,6 +70,7 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
         "n": len(cs),
         "valid": len(valid),
         "failures": failures,
+        "cut": cut,
         "failure_rate": block["failure_rate"],
         "ci95": block["ci95"],
         "errors": errors,

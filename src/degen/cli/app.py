@@ -15,6 +15,7 @@ import typer
 from degen.cli import profile as profile_cmd
 from degen.cli import run as run_cmd
 from degen.cli import scan as scan_cmd
+from degen.cli import tune as tune_cmd
 from degen.errors import DegenError, UsageError
 
 app = typer.Typer(
@@ -28,6 +29,8 @@ app = typer.Typer(
 app.command("run", help=run_cmd.HELP)(run_cmd.run)
 app.command("scan", help=scan_cmd.HELP)(scan_cmd.scan)
 app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile_cmd)
+app.command("tune", help=tune_cmd.HELP)(tune_cmd.tune)
+app.command("report", help=tune_cmd.REPORT_HELP)(tune_cmd.report_cmd)
 
 
 @app.callback(invoke_without_command=True)

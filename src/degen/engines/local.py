@@ -10,6 +10,9 @@ How a batch is kept (the pitfalls of seed 001 and seed 002, done right):
   one shared ``input_len``.
 - A row stops on **every** end id the model declares (tokenizer, generation config,
   config), on a stop string, or at ``max_tokens``/the context (``"length"``).
+  With ``guard=True`` each row also feeds its tokens to a streaming loop detector
+  and stops on its own as soon as a loop is confirmed (``"repetition"``, the
+  finding in ``extra["cut"]``): a loop costs tens of tokens instead of ``max_tokens``.
 - **Continuous batching**: a row that finishes leaves the batch at once and a
   waiting request is prefilled and merged in (its KV cache left-padded to the
   batch's length), so one runaway never holds the others up. Models whose cache
@@ -50,6 +53,7 @@ class _Row:
     ngrams: dict[tuple[int, ...], set[int]] | None = None
     stop_hit: str | None = None
     entropy: list[float] = field(default_factory=list)
+    detector: Any = None  # StreamingLoopDetector when the engine guards
 
 
 class LocalEngine(Engine):
@@ -63,13 +67,15 @@ class LocalEngine(Engine):
         continuous: admit waiting requests into a running batch (default on).
         record_entropy: store each step's entropy (nats) of the model's own next-token
             distribution, before any penalty or warping, in ``extra["entropy"]``.
+        guard: cut a row as soon as the streaming loop detector confirms a loop
+            (finish_reason ``"repetition"``).
     """
 
     name = "local"
 
     def __init__(self, model: str | None = None, batch_size: int = 32, device: str = "auto",
                  dtype: str = "auto", continuous: bool = True,
-                 record_entropy: bool = False) -> None:
+                 record_entropy: bool = False, guard: bool = False) -> None:
         if batch_size < 1:
             raise InvalidParams(f"batch_size must be >= 1, got {batch_size}")
         self.source = hf.resolve_model(model)
@@ -78,6 +84,7 @@ class LocalEngine(Engine):
         self.preferred_concurrency = batch_size
         self.continuous = continuous
         self.record_entropy = record_entropy
+        self.guard = guard
         self._device_opt, self._dtype_opt = device, dtype
         self._model: Any = None
         self._tok: Any = None
@@ -124,7 +131,8 @@ class LocalEngine(Engine):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(source=str(self.source.path), batch_size=self.batch_size,
-                 device=self._device_opt, dtype=self._dtype_opt, continuous=self.continuous)
+                 device=self._device_opt, dtype=self._dtype_opt, continuous=self.continuous,
+                 guard=self.guard)
         return d
 
     def close(self) -> None:
@@ -269,6 +277,10 @@ class _Batch:
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
             gen = torch.Generator(device=e._device).manual_seed(seed)
             row = _Row(req, fut, ids, min(req.params.max_tokens, room), gen, started)
+            if e.guard:
+                from degen.detect.loop import StreamingLoopDetector
+
+                row.detector = StreamingLoopDetector()
             n = req.params.no_repeat_ngram_size
             if n > 0:
                 row.ngrams = {}
@@ -383,6 +395,8 @@ class _Batch:
             if r.first_token_at is None:
                 r.first_token_at = now
             r.gen.append(t)
+            if r.detector is not None:
+                r.detector.feed_token(t)
             if ents is not None:
                 r.entropy.append(round(ents[k], 4))
             n = r.req.params.no_repeat_ngram_size
@@ -412,6 +426,8 @@ class _Batch:
                 done.append((i, "stop"))
             elif len(r.gen) >= r.max_new:
                 done.append((i, "length"))
+            elif r.detector is not None and r.detector.finding is not None:
+                done.append((i, "repetition"))
         if not done:
             return
         for i, reason in done:
@@ -438,9 +454,11 @@ class _Batch:
             cut = min((text.find(s) for s in r.req.params.stop if s in text), default=-1)
             if cut >= 0:
                 text = text[:cut]
+        extra: dict[str, Any] = {"entropy": r.entropy} if self.e.record_entropy else {}
+        if reason == "repetition":
+            extra["cut"] = r.detector.finding.to_dict()
         c = Completion.from_request(
-            r.req, finish_reason=reason, text=text, token_ids=tuple(ids),
-            extra={"entropy": r.entropy} if self.e.record_entropy else {},
+            r.req, finish_reason=reason, text=text, token_ids=tuple(ids), extra=extra,
             prompt_tokens=len(r.prompt_ids), completion_tokens=len(ids),
             engine=self.e.name, model=self.e.model,
             timings=Timings(scheduled_at=r.req.scheduled_at, started_at=r.started_at,

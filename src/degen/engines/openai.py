@@ -53,7 +53,7 @@ APIS = ("auto", "chat", "completions")
 _OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "me": "llamacpp", "llama.cpp": "llamacpp"}
 _FINISH = {"stop": "stop", "eos": "stop", "eos_token": "stop", "stop_sequence": "stop",
            "tool_calls": "stop", "function_call": "stop", "content_filter": "stop",
-           "length": "length", "max_tokens": "length"}
+           "length": "length", "max_tokens": "length", "repetition": "repetition"}
 
 
 class _Retryable(Exception):
@@ -151,7 +151,8 @@ class OpenAIEngine(Engine):
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", api_key: str | None = None,
                  model: str | None = None, api: str = "auto", stream: bool = False,
                  dialect: str = "auto", timeout: float = 120.0, connect_timeout: float = 5.0,
-                 max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8) -> None:
+                 max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8,
+                 guard: bool = False) -> None:
         if dialect not in DIALECTS:
             raise InvalidParams(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
         if api not in APIS:
@@ -163,7 +164,9 @@ class OpenAIEngine(Engine):
         self.base_url = normalize_base_url(base_url)
         key = api_key or os.environ.get("DEGEN_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.api, self.stream = api, stream
+        if guard and not stream:
+            raise InvalidParams("guard (cutting loops early) needs stream=True (--stream)")
+        self.api, self.stream, self.guard = api, stream, guard
         self.max_retries, self.backoff = max_retries, backoff
         self.preferred_concurrency = concurrency
         self._client = httpx.Client(
@@ -216,7 +219,7 @@ class OpenAIEngine(Engine):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(base_url=self.base_url, dialect=self.dialect, api=self.api, stream=self.stream,
-                 owned_by=self.server_owned_by, max_retries=self.max_retries)
+                 owned_by=self.server_owned_by, max_retries=self.max_retries, guard=self.guard)
         return d
 
     def unsupported(self, params: SamplingParams) -> dict[str, str]:
@@ -282,6 +285,8 @@ class OpenAIEngine(Engine):
             reason = "stop"
         if raw != reason:
             extra["server_finish_reason"] = raw
+        if got.get("cut"):
+            extra["cut"] = got["cut"]
         usage = got.get("usage") or {}
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None and got.get("chunks") is not None:
@@ -334,6 +339,12 @@ class OpenAIEngine(Engine):
         first: float | None = None
         chunks = 0
         done = False
+        cut: dict[str, Any] | None = None
+        detector = None
+        if self.guard:
+            from degen.detect.loop import StreamingLoopDetector
+
+            detector = StreamingLoopDetector()
         try:
             with self._client.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
@@ -362,14 +373,19 @@ class OpenAIEngine(Engine):
                                 first = time.time()
                             parts.append(piece)
                             chunks += 1
+                            if detector is not None and detector.feed_text(piece) is not None:
+                                cut = detector.finding.to_dict()
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
+                    if cut is not None:  # leaving the block closes the connection:
+                        finish = "repetition"  # vLLM and llama.cpp abort the request
+                        break
         except httpx.TransportError as e:
             raise _Retryable(f"{type(e).__name__} during the stream: {e}") from None
         if not done and finish is None:
             raise _Retryable("the stream ended before a finish_reason or [DONE]")
         return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
-                "first_token_at": first, "chunks": chunks}
+                "first_token_at": first, "chunks": chunks, "cut": cut}
 
 
 def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:

@@ -52,15 +52,22 @@ def _now_iso() -> str:
 class RunResult:
     completions: list[Completion]
     out: Path
+    stopped: bool = False
 
 
 def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | None = None,
              resume: bool = False, progress: Progress | None = None,
              extra_meta: dict[str, Any] | None = None,
-             detectors: DetectorList | None = None) -> RunResult:
+             detectors: DetectorList | None = None,
+             stop: Callable[[list[Completion]], bool] | None = None) -> RunResult:
     """Run ``plan`` on ``engine``, writing records to ``out``. Returns every completion
     of the plan (those of earlier sessions too when resuming). With ``detectors`` each
-    record carries its verdict (see :mod:`degen.detect.verdict`)."""
+    record carries its verdict (see :mod:`degen.detect.verdict`).
+
+    ``stop`` is asked after every completion with all completions so far; once it says
+    True no further request is sent (those already with the engine finish and are
+    recorded), ``run.json`` says ``"stopped"`` and :attr:`RunResult.stopped` is set.
+    A tuning study uses it to prune a trial that is already confidently worse."""
     out = Path(out)
     workers = max(1, concurrency or engine.preferred_concurrency)
     fingerprint = plan.fingerprint()
@@ -80,6 +87,9 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
     progress.skip(len(done_ids))
     results: list[Completion] = list(done)
     lock = threading.Lock()
+    halt = threading.Event()
+    if stop is not None and done and stop(list(done)):
+        halt.set()
 
     def work(req: Request) -> Completion:
         c = engine.complete(req)
@@ -89,6 +99,8 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
         with lock:
             results.append(c)
             progress.update(c)
+            if stop is not None and not halt.is_set() and stop(list(results)):
+                halt.set()
         return c
 
     status = "finished"
@@ -98,8 +110,10 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
                 todo = [(r, off) for r, off in zip(plan.requests_for(run), plan.offsets(run),
                                                    strict=True)
                         if r.request_id not in done_ids]
-                if todo:
-                    _dispatch(todo, workers, work)
+                if todo and not halt.is_set():
+                    _dispatch(todo, workers, work, halt)
+        if halt.is_set():
+            status = "stopped"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -110,12 +124,13 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
         store.update_meta(status=status, finished_at=_now_iso())
         store.close()
     results.sort(key=lambda c: (c.run, c.index))
-    return RunResult(results, out)
+    return RunResult(results, out, stopped=halt.is_set())
 
 
 def _dispatch(todo: list[tuple[Request, float]], workers: int,
-              work: Callable[[Request], Completion]) -> None:
-    """Send ``todo`` at their offsets (shifted so the first goes now) and wait."""
+              work: Callable[[Request], Completion], halt: threading.Event) -> None:
+    """Send ``todo`` at their offsets (shifted so the first goes now) and wait. Once
+    ``halt`` is set, nothing more is sent and requests not yet started are dropped."""
     shift = todo[0][1]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="degen-load")
     futures: list[Future[Completion]] = []
@@ -126,14 +141,20 @@ def _dispatch(todo: list[tuple[Request, float]], workers: int,
             due = off - shift
             delay = t0_perf + due - time.perf_counter()
             if delay > 0:
-                time.sleep(delay)
+                halt.wait(delay)
+            if halt.is_set():
+                break
             req = replace(req, scheduled_at=t0_wall + due)
             futures.append(pool.submit(work, req))
         pending = set(futures)
         while pending:  # wake up often: Ctrl-C is only seen when the main thread runs
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             for fut in done:
-                fut.result()  # raise what a worker raised, at once
+                if not fut.cancelled():
+                    fut.result()  # raise what a worker raised, at once
+            if halt.is_set():
+                for fut in pending:
+                    fut.cancel()  # only those no worker has started
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

@@ -1,0 +1,272 @@
+"""``degen report``: what a tuning study found, as one self-contained HTML page (plots
+inlined as PNG data, no script, no font or stylesheet from anywhere: it works
+offline and survives being mailed) and a Markdown summary beside it.
+
+It is seed 000's missing "Results" section: the best parameters, baseline vs
+optimized failure rates with their intervals and the paired test, the Pareto front,
+the failure rate along each parameter, parameter importance, every trial, failing
+generations with the place they go wrong highlighted, and the configuration and
+versions. Everything comes from ``tune.json`` (written by ``degen tune``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from degen.errors import UsageError
+
+
+def load_summary(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "tune.json"
+    if not path.exists():
+        raise UsageError(f"{folder} holds no tuning study (no tune.json); run degen tune "
+                         f"--out {folder} first")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{path} is not valid JSON ({e}); re-run degen tune") from None
+    if data.get("kind") != "degen.tune":
+        raise UsageError(f"{path} is not a degen tune summary")
+    return data
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _rate(m: dict[str, Any]) -> str:
+    if not m or m.get("rate") is None:
+        return "-"
+    lo, hi = m["ci95"]
+    return f"{_pct(m['rate'])} ({_pct(lo)}-{_pct(hi)}, {m['failures']}/{m['n']})"
+
+
+def _values(v: dict[str, Any]) -> str:
+    if not v:
+        return "engine defaults"
+    return ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}"
+                     for k, x in v.items())
+
+
+def headline(s: dict[str, Any]) -> str:
+    c = s.get("confirmation")
+    if c and c.get("comparison"):
+        best = c["arms"][c["best"]]["measure"]
+        base = c["arms"]["baseline"]["measure"]
+        cmp_ = c["comparison"]
+        lo, hi = cmp_["ci95"]
+        return (f"failure rate {_rate(base)} at the engine's defaults -> {_rate(best)} with "
+                f"{_values(c['arms'][c['best']]['values'])}; difference "
+                f"{cmp_['difference']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}), paired exact "
+                f"McNemar p = {cmp_['p_value']:.2g}, on {cmp_['pairs']} new requests")
+    if s.get("best"):
+        t = next((r for r in s["trials"] if r["number"] == s["best"]["trial"]), None)
+        m = t["measure"] if t else {}
+        return f"best in the search: {_values(s['best']['values'])}, failure rate {_rate(m)}"
+    return "no trial finished"
+
+
+# ------------------------------------------------------------------------ plots
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _finished(s: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in s["trials"] if r["measure"].get("rate") is not None
+            and r["state"] in ("complete", "pruned")]
+
+
+def plot_along(s: dict[str, Any]) -> str | None:
+    """Failure rate (with its interval) against each parameter, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _finished(s)
+    names = list(s["config"]["space"])
+    if not rows or not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        xs, ys, los, his, colors = [], [], [], [], []
+        for r in rows:
+            x = r["values"].get(name)
+            if x is None:
+                continue
+            m = r["measure"]
+            xs.append(str(x) if isinstance(x, str) else x)
+            ys.append(m["rate"])
+            los.append(m["rate"] - m["ci95"][0])
+            his.append(m["ci95"][1] - m["rate"])
+            colors.append("#999" if r["state"] == "pruned" else "#1f5fa8")
+        ax.errorbar(xs, ys, yerr=[los, his], fmt="none", ecolor="#bbb", zorder=1)
+        ax.scatter(xs, ys, c=colors, zorder=2, s=22)
+        ax.set_xlabel(name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("failure rate (95% CI)")
+    fig.suptitle("failure rate along each parameter (grey: pruned)", fontsize=10)
+    return _png(fig)
+
+
+def plot_front(s: dict[str, Any]) -> str | None:
+    """Failure rate against deviation from defaults (seed 000's two objectives)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _finished(s) if r["state"] == "complete"]
+    if not rows:
+        return None
+    pts = sorted((r["deviation"], r["measure"]["rate"]) for r in rows)
+    front, best = [], None
+    for d, f in pts:
+        if best is None or f < best:
+            front.append((d, f))
+            best = f
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=20, c="#1f5fa8", label="trials")
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", c="#c0392b",
+            label="Pareto front")
+    ax.set_xlabel("|repetition_penalty - 1|")
+    ax.set_ylabel("failure rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------ HTML
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;
+border-bottom:1px solid #ddd}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f4f4f4}.head{background:#eef5ff;padding:.8em 1em;border-radius:6px}
+pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.6em;
+font-size:12px;max-height:16em;overflow:auto}mark{background:#ffd54f}
+.muted{color:#777}img{max-width:100%}
+"""
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(x)}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def _example(ex: dict[str, Any]) -> str:
+    text, at = ex["excerpt"], ex.get("mark_at")
+    if at is None or not 0 <= at <= len(text):
+        body = html.escape(text)
+    else:
+        body = html.escape(text[:at]) + "<mark>" + html.escape(text[at:]) + "</mark>"
+    f = ex.get("finding") or {}
+    what = html.escape(f.get("message") or f"finish_reason {ex['finish_reason']}")
+    return (f"<p><b>{html.escape(ex['prompt_id'])}</b> ({html.escape(ex['finish_reason'])}, "
+            f"{ex.get('tokens')} tokens): {what}</p><pre>{body}</pre>")
+
+
+def render_html(s: dict[str, Any]) -> str:
+    e = html.escape
+    cfg = s["config"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>degen tune: "
+             f"{e(s['study'])}</title><style>{_CSS}</style></head><body>",
+             f"<h1>degen tune: {e(s['study'])}</h1>",
+             f"<p class='muted'>{e(s['engine'].get('engine', ''))} "
+             f"{e(str(s['engine'].get('model', '')))}, {s['n_complete']} finished trials, "
+             f"{s['n_pruned']} pruned, {s['generated_tokens']:,} tokens generated, "
+             f"{s.get('wall_s', 0):.0f} s</p>",
+             f"<div class='head'><b>Result.</b> {e(headline(s))}</div>"]
+    c = s.get("confirmation")
+    if c:
+        rows = []
+        for name, arm in c["arms"].items():
+            rows.append([e(name), e(_values(arm["values"])), e(_rate(arm["measure"])),
+                         str(arm["measure"]["cut"]), f"{arm['deviation']:.3g}"])
+        parts.append(f"<h2>Confirmed on {c['requests']} new requests</h2>")
+        parts.append(_table(["arm", "parameters", "failure rate (95% CI, n)", "cut early",
+                             "|rp-1|"], rows))
+        if c.get("comparison"):
+            t = c["comparison"]["table"]
+            parts.append(f"<p>Paired on the same requests: both failed {t['both']}, only "
+                         f"{e(c['best'])} {t['only_first']}, only the baseline "
+                         f"{t['only_second']}, neither {t['neither']}.</p>")
+    if s.get("best"):
+        parts.append("<h2>Best parameters</h2><pre>"
+                     + e(json.dumps(s["best"]["values"], indent=1)) + "</pre>")
+    front = plot_front(s)
+    along = plot_along(s)
+    if front:
+        parts.append(f"<h2>Pareto front</h2><img alt='Pareto front' src='{front}'>")
+    if along:
+        parts.append(f"<h2>Failure rate along each parameter</h2>"
+                     f"<img alt='failure rate along each parameter' src='{along}'>")
+    if s.get("importance"):
+        parts.append("<h2>Parameter importance</h2>" + _table(
+            ["parameter", "importance (fANOVA)"],
+            [[e(k), f"{v:.2f}"] for k, v in s["importance"].items()]))
+    rows = []
+    for r in s["trials"]:
+        m = r["measure"]
+        rows.append([str(r["number"]), e(r["state"]), e(_values(r["values"])), e(_rate(m)),
+                     str(m.get("cut", "-")), str(m.get("tokens", "-")),
+                     "-" if r["seconds"] is None else f"{r['seconds']:.0f}"])
+    parts.append("<h2>Trials</h2>" + _table(
+        ["#", "state", "parameters", "failure rate (95% CI, n)", "cut", "tokens", "s"], rows))
+    exs = []
+    if c:
+        exs = [(n, x) for n, a in c["arms"].items() for x in a.get("examples", [])]
+    if not exs:
+        exs = [(f"trial {r['number']}", x) for r in s["trials"] for x in r["examples"]]
+    if exs:
+        parts.append("<h2>Failing generations</h2><p class='muted'>highlighted from where "
+                     "the detector says it goes wrong</p>")
+        parts.extend(f"<h3>{e(n)}</h3>{_example(x)}" for n, x in exs[:6])
+    parts.append("<h2>Configuration and versions</h2><pre>"
+                 + e(json.dumps({"config": cfg, "engine": s["engine"],
+                                 "versions": s.get("versions")}, indent=1)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(s: dict[str, Any]) -> str:
+    lines = [f"# degen tune: {s['study']}", "", f"**Result.** {headline(s)}", ""]
+    c = s.get("confirmation")
+    if c:
+        lines += [f"## Confirmed on {c['requests']} new requests", "",
+                  "| arm | parameters | failure rate (95% CI, n) | cut early |",
+                  "|---|---|---|---|"]
+        lines += [f"| {n} | {_values(a['values'])} | {_rate(a['measure'])} | "
+                  f"{a['measure']['cut']} |" for n, a in c["arms"].items()]
+        lines.append("")
+    lines += ["## Trials", "", "| # | state | parameters | failure rate (95% CI, n) |",
+              "|---|---|---|---|"]
+    lines += [f"| {r['number']} | {r['state']} | {_values(r['values'])} | "
+              f"{_rate(r['measure'])} |" for r in s["trials"]]
+    lines += ["", f"{s['generated_tokens']:,} tokens generated; report: report.html", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path | str) -> Path:
+    """Write ``report.html`` and ``report.md`` into ``folder``; returns the HTML path."""
+    folder = Path(folder)
+    s = load_summary(folder)
+    out = folder / "report.html"
+    for path, text in ((out, render_html(s)), (folder / "report.md", render_markdown(s))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return out

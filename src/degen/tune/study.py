@@ -1,0 +1,571 @@
+"""A tuning study: Optuna searches sampling parameters; degen's load runner measures
+each trial; the best configurations are confirmed on fresh requests.
+
+Statistics (the failure rates worth tuning are small, so every request counts):
+
+- **Common random numbers.** Every trial sends the same plan (prompts, order,
+  per-request seeds); only the sampling parameters differ. Differences between
+  trials are then differences between parameters, not between prompt draws. A
+  trial's records live in ``trials/<hash of its parameters>/``, so a repeated
+  configuration (or a retried trial) resumes its records instead of paying again.
+- **Early cut** (``early_cut``): the engine's streaming loop detector stops a
+  looping generation after tens of tokens (finish_reason ``repetition``); it
+  counts as a failure like a runaway.
+- **Pruning** (``prune``): a trial stops sending requests once its failure rate is
+  confidently worse than a finished trial that is at least as good on the other
+  objectives: the lower end of its Wilson 95% interval is above that trial's rate.
+- **Confirmation** (``confirm``): the baseline (the engine's defaults) and the
+  front of best configurations are re-run on *new* requests (another seed, so the
+  winner's luck in the search does not carry over), all arms on the same requests;
+  best vs baseline gets a paired test (exact McNemar) and Newcombe's interval of
+  the difference.
+
+Objectives, by name: ``failure`` (runaways + cuts, or any of ``kinds``),
+``tokens`` (mean completion tokens), ``latency`` (p50 seconds) and ``deviation``
+(seed 000's ``|repetition_penalty - 1|``). ``deviation`` is a known function of the
+parameters, so by default it is *not* handed to the sampler, which would otherwise
+spend trials mapping a curve we can write down: the study minimizes what must be
+measured, and the Pareto front over (failure, deviation) is computed afterwards
+from the finished trials. Pass it as an objective to reproduce seed 000 exactly.
+
+Storage is Optuna's RDB storage (a SQLite file in ``out`` by default, or a
+PostgreSQL URL that several workers share); each trial keeps a heartbeat, and a
+trial whose worker died is failed and retried with the same parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from degen.detect.base import DetectorList
+from degen.engines.base import Engine
+from degen.errors import InvalidParams, UsageError
+from degen.load.runner import run_load, versions
+from degen.load.schedule import Plan
+from degen.progress import Progress
+from degen.prompts import Prompt
+from degen.records import Completion
+from degen.stats import mcnemar_exact_p, paired_difference, percentile, wilson_interval
+from degen.tune.space import SearchSpace, deviation, sampling_params, with_system
+
+OBJECTIVES = ("failure", "tokens", "latency", "deviation")
+FAILURE_KINDS = ("runaway", "loop", "spacing", "gibberish")
+DEFAULTS_ARM = "baseline"
+
+
+@dataclass
+class TuneConfig:
+    """Everything a study needs besides the engine and the prompts."""
+
+    space: SearchSpace
+    out: Path
+    objectives: tuple[str, ...] = ("failure",)
+    kinds: tuple[str, ...] = ("runaway",)
+    trials: int = 12
+    requests: int = 32
+    runs: int = 1
+    rate: float | None = None
+    arrivals: str = "poisson"
+    concurrency: int | None = None
+    max_tokens: int = 256
+    seed: int = 0
+    early_cut: bool = True
+    prune: bool = True
+    confirm: int = 64
+    confirm_top: int = 2
+    storage: str | None = None
+    study: str = "degen"
+    sampler: str = "tpe"
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives:
+            raise InvalidParams(f"unknown objective {', '.join(bad) or '(none)'}; "
+                                f"choose from {', '.join(OBJECTIVES)}")
+        if "failure" not in self.objectives:
+            raise InvalidParams("the objectives must include failure (that is what degen "
+                                "tunes away)")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise InvalidParams("an objective is named twice")
+        self.objectives = ("failure", *[o for o in self.objectives if o != "failure"])
+        bad = [k for k in self.kinds if k not in FAILURE_KINDS]
+        if bad or not self.kinds:
+            raise InvalidParams(f"unknown failure kind {', '.join(bad) or '(none)'}; "
+                                f"choose from {', '.join(FAILURE_KINDS)}")
+        for name in ("trials", "requests", "runs", "max_tokens", "confirm_top"):
+            if getattr(self, name) < 1:
+                raise InvalidParams(f"--{name.replace('_', '-')} must be >= 1, "
+                                    f"got {getattr(self, name)}")
+        if self.confirm < 0:
+            raise InvalidParams(f"--confirm must be >= 0 (0 = skip), got {self.confirm}")
+        if self.sampler not in ("tpe", "random"):
+            raise InvalidParams(f"--sampler must be tpe or random, got {self.sampler!r}")
+        self.out = Path(self.out)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("space", "out")}
+        d["space"] = self.space.to_dict()
+        d["out"] = str(self.out)
+        d["storage"] = _redact(self.storage_url)
+        return d
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+# --------------------------------------------------------------------- measuring
+def is_failure(c: Completion, kinds: Sequence[str]) -> bool:
+    """A failure: a runaway or a cut loop (``runaway``), or a verdict of another kind."""
+    if c.is_error:
+        return False
+    if "runaway" in kinds and c.is_failure:
+        return True
+    others = [k for k in kinds if k != "runaway"]
+    if others and c.verdict:
+        return any(k in c.verdict.get("kinds", ()) for k in others)
+    return bool(others) and c.is_cut and "loop" in others
+
+
+@dataclass
+class Measure:
+    """What a set of completions says about one configuration."""
+
+    n: int
+    failures: int
+    cut: int
+    errors: int
+    tokens: int
+    latency_p50: float | None
+
+    @classmethod
+    def of(cls, cs: Sequence[Completion], kinds: Sequence[str]) -> Measure:
+        valid = [c for c in cs if not c.is_error]
+        lat = [c.timings.latency_s for c in valid if c.timings.latency_s is not None]
+        return cls(n=len(valid), failures=sum(is_failure(c, kinds) for c in valid),
+                   cut=sum(c.is_cut for c in valid), errors=len(cs) - len(valid),
+                   tokens=sum(c.completion_tokens or 0 for c in cs),
+                   latency_p50=percentile(lat, 50))
+
+    @property
+    def rate(self) -> float | None:
+        return self.failures / self.n if self.n else None
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return wilson_interval(self.failures, self.n)
+
+    def value(self, objective: str, values: dict[str, Any]) -> float:
+        if objective == "failure":
+            return self.rate if self.rate is not None else 1.0
+        if objective == "tokens":
+            return self.tokens / max(1, self.n + self.errors)
+        if objective == "latency":
+            return self.latency_p50 if self.latency_p50 is not None else float("inf")
+        return deviation(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(rate=self.rate, ci95=list(self.ci95))
+        return d
+
+
+def _examples(cs: Sequence[Completion], kinds: Sequence[str], k: int = 2) -> list[dict]:
+    """A few failing generations with where they go wrong, for the report."""
+    out = []
+    for c in cs:
+        if len(out) >= k:
+            break
+        if not is_failure(c, kinds):
+            continue
+        finding = (c.extra or {}).get("cut")
+        if finding is None and c.verdict:
+            finding = next((f for f in c.verdict.get("findings", ()) if f["kind"] != "runaway"),
+                           None)
+        text = c.text
+        start = (finding or {}).get("start_char")
+        lo = max(0, (start or len(text)) - 300)
+        out.append({"request_id": c.request_id, "prompt_id": c.prompt_id,
+                    "finish_reason": c.finish_reason, "tokens": c.completion_tokens,
+                    "excerpt": text[lo:lo + 700], "excerpt_from": lo,
+                    "mark_at": None if start is None else start - lo,
+                    "finding": None if finding is None else {
+                        "kind": finding.get("kind"), "message": finding.get("message")}})
+    return out
+
+
+def params_key(values: dict[str, Any]) -> str:
+    """A short stable name for a configuration (its records folder)."""
+    blob = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class _Nested(Progress):
+    """Forwards to the study's one progress bar; entering and leaving does nothing."""
+
+    def __init__(self, outer: Progress, total: int) -> None:
+        super().__init__(total)
+        self.outer = outer
+
+    def update(self, c: Completion) -> None:
+        super().update(c)
+        self.outer.update(c)
+
+    def skip(self, n: int) -> None:
+        super().skip(n)
+        self.outer.skip(n)
+
+    def __enter__(self) -> _Nested:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+# --------------------------------------------------------------------- the study
+@dataclass
+class TuneResult:
+    summary: dict[str, Any]
+    out: Path
+    study: Any = field(repr=False, default=None)
+
+
+class Tuner:
+    """Runs one worker of a study. See the module doc."""
+
+    def __init__(self, engine: Engine, prompts: Sequence[Prompt], cfg: TuneConfig,
+                 progress: Progress | None = None, detectors: DetectorList | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.engine, self.prompts, self.cfg = engine, tuple(prompts), cfg
+        self.progress = progress or Progress(cfg.trials * cfg.requests * cfg.runs)
+        self.detectors = detectors
+        self.log = log or (lambda s: None)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    # ---- storage
+    def open_study(self) -> Any:
+        import warnings
+
+        import optuna
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        cfg = self.cfg
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        try:
+            storage = RDBStorage(
+                cfg.storage_url, heartbeat_interval=5, grace_period=20,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                engine_kwargs={"pool_pre_ping": True})
+        except Exception as e:  # bad URL, unreachable server, missing driver
+            raise UsageError(f"cannot open the study storage {_redact(cfg.storage_url)}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+        sampler = (optuna.samplers.RandomSampler(seed=cfg.seed) if cfg.sampler == "random"
+                   else optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(
+                       6, max(2, cfg.trials // 2)), multivariate=True))
+        study = optuna.create_study(
+            storage=storage, study_name=cfg.study, sampler=sampler, load_if_exists=True,
+            directions=["minimize"] * len(cfg.objectives))
+        attrs = study.user_attrs
+        mine = {"objectives": list(cfg.objectives), "kinds": list(cfg.kinds),
+                "space": cfg.space.to_dict(), "requests": cfg.requests, "runs": cfg.runs,
+                "max_tokens": cfg.max_tokens, "seed": cfg.seed, "early_cut": cfg.early_cut,
+                "rate": cfg.rate, "arrivals": cfg.arrivals}
+        if "degen" in attrs:
+            theirs = attrs["degen"]
+            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+            if diff:
+                raise UsageError(
+                    f"study {cfg.study!r} was started with other settings ({', '.join(diff)}); "
+                    "use the same flags, or another --study / --out")
+        else:
+            study.set_user_attr("degen", mine)
+            study.set_user_attr("engine", self.engine.describe())
+            study.set_user_attr("versions", versions())
+        self._fail_own_dead(study)
+        return study
+
+    def _fail_own_dead(self, study: Any) -> None:
+        """Trials left RUNNING by a killed worker on this host are failed (and retried)
+        at once, rather than after the heartbeat's grace period."""
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+        from optuna.trial import TrialState
+
+        host = socket.gethostname()
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            w = str(t.user_attrs.get("worker", ""))
+            h, _, pid = w.rpartition(":")
+            if h != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                self.log(f"trial {t.number} of a killed worker (pid {pid}) will be retried")
+                retry(study, study._storage.get_trial(t._trial_id))
+
+    # ---- one trial
+    def measure(self, values: dict[str, Any], folder: Path, seed: int, requests: int,
+                stop: Callable[[list[Completion]], bool] | None = None
+                ) -> tuple[Measure, list[Completion], bool]:
+        cfg = self.cfg
+        params = sampling_params(values, cfg.max_tokens)
+        plan = Plan(prompts=with_system(self.prompts, values.get("system")), params=params,
+                    requests=requests, runs=cfg.runs, rate=cfg.rate, arrivals=cfg.arrivals,
+                    seed=seed)
+        resume = (folder / "run.json").exists()
+        nested = _Nested(self.progress, plan.total)
+        result = run_load(self.engine, plan, folder, concurrency=cfg.concurrency,
+                          resume=resume, progress=nested, detectors=self.detectors,
+                          extra_meta={"values": values}, stop=stop)
+        if result.stopped:
+            self.progress.skip(plan.total - len(result.completions))
+        return Measure.of(result.completions, cfg.kinds), result.completions, result.stopped
+
+    def _pruner(self, study: Any, values: dict[str, Any]) -> Callable[[list[Completion]], bool]:
+        """Stop once the failure rate is confidently worse than a finished trial that is
+        no worse on every other objective (only failure and deviation are known early)."""
+        from optuna.trial import TrialState
+
+        cfg = self.cfg
+        if not cfg.prune or any(o in ("tokens", "latency") for o in cfg.objectives):
+            return lambda cs: False
+        mine = deviation(values)
+        best: float | None = None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            r = t.user_attrs.get("measure", {}).get("rate")
+            if r is None or ("deviation" in cfg.objectives and deviation(t.params) > mine):
+                continue
+            best = r if best is None else min(best, r)
+        if best is None:
+            return lambda cs: False
+        total = cfg.requests * cfg.runs
+
+        def stop(cs: list[Completion]) -> bool:
+            m = Measure.of(cs, cfg.kinds)
+            return m.n >= min(8, total) and m.n < total and m.ci95[0] > best
+
+        return stop
+
+    def objective(self, study: Any) -> Callable[[Any], Any]:
+        import optuna
+
+        cfg = self.cfg
+
+        def run_trial(trial: Any) -> Any:
+            trial.set_user_attr("worker", self.worker)
+            values = cfg.space.suggest(trial)
+            key = params_key(values)
+            trial.set_user_attr("values", values)
+            trial.set_user_attr("records", f"trials/{key}")
+            self.log(f"trial {trial.number}: " + ", ".join(
+                f"{k}={_fmt(v)}" for k, v in values.items()))
+            m, cs, stopped = self.measure(values, cfg.out / "trials" / key, cfg.seed,
+                                          cfg.requests, self._pruner(study, values))
+            trial.set_user_attr("measure", m.to_dict())
+            trial.set_user_attr("examples", _examples(cs, cfg.kinds))
+            if stopped:
+                raise optuna.TrialPruned(f"failure rate at least {m.ci95[0]:.1%}")
+            if m.n == 0:
+                raise InvalidParams(f"every request of trial {trial.number} failed with an "
+                                    f"error: {next((c.error for c in cs if c.error), '')}")
+            vals = [m.value(o, values) for o in cfg.objectives]
+            return vals[0] if len(vals) == 1 else vals
+
+        return run_trial
+
+    def search(self) -> Any:
+        import optuna
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        study = self.open_study()
+        done = (TrialState.COMPLETE, TrialState.PRUNED)
+        counted = len(study.get_trials(deepcopy=False, states=done))
+        if counted < self.cfg.trials:
+            self.progress.skip(counted * self.cfg.requests * self.cfg.runs)
+            study.optimize(self.objective(study), n_trials=self.cfg.trials - counted,
+                           callbacks=[MaxTrialsCallback(self.cfg.trials, states=done)],
+                           catch=(), gc_after_trial=False)
+        else:
+            self.progress.skip(self.cfg.trials * self.cfg.requests * self.cfg.runs)
+        del optuna
+        return study
+
+    # ---- confirmation
+    def front(self, study: Any) -> list[Any]:
+        """Finished trials on the Pareto front of the objectives plus deviation (a
+        known function, so it costs nothing to consider), best failure rate first."""
+        from optuna.trial import TrialState
+
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.user_attrs.get("measure", {}).get("rate") is not None]
+        keys = list(self.cfg.objectives)
+        if "deviation" not in keys:
+            keys.append("deviation")
+
+        def vec(t: Any) -> list[float]:
+            m = t.user_attrs["measure"]
+            out = []
+            for k in keys:
+                if k == "failure":
+                    out.append(m["rate"])
+                elif k == "tokens":
+                    out.append(m["tokens"] / max(1, m["n"] + m["errors"]))
+                elif k == "latency":
+                    out.append(m["latency_p50"] if m["latency_p50"] is not None else 1e18)
+                else:
+                    out.append(deviation(t.params))
+            return out
+
+        vs = {t.number: vec(t) for t in trials}
+        front = [t for t in trials if not any(
+            all(a <= b for a, b in zip(vs[o.number], vs[t.number], strict=True))
+            and vs[o.number] != vs[t.number] for o in trials)]
+        front.sort(key=lambda t: (vs[t.number][0], vs[t.number][1:]))
+        return front
+
+    def confirm(self, study: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        front = self.front(study)
+        arms: list[tuple[str, dict[str, Any], int | None]] = [(DEFAULTS_ARM, {}, None)]
+        seen = {params_key({})}
+        for t in front:
+            values = t.user_attrs.get("values") or dict(t.params)
+            if params_key(values) in seen:
+                continue
+            seen.add(params_key(values))
+            arms.append((f"trial-{t.number}", values, t.number))
+            if len(arms) > cfg.confirm_top:
+                break
+        results: dict[str, Any] = {}
+        completions: dict[str, list[Completion]] = {}
+        for name, values, number in arms:
+            self.log(f"confirming {name} on {cfg.confirm} new requests")
+            m, cs, _ = self.measure(values, cfg.out / "confirm" / params_key(values),
+                                    cfg.seed + 1, cfg.confirm)
+            completions[name] = cs
+            results[name] = {"values": values, "trial": number, "measure": m.to_dict(),
+                             "deviation": deviation(values),
+                             "examples": _examples(cs, cfg.kinds)}
+        candidates = [a for a in results if a != DEFAULTS_ARM]
+        best = min(candidates, key=lambda a: (results[a]["measure"]["rate"] or 0.0,
+                                             results[a]["deviation"]), default=None)
+        comparison = None
+        if best is not None:
+            comparison = paired(completions[best], completions[DEFAULTS_ARM], cfg.kinds)
+            comparison.update(best=best, baseline=DEFAULTS_ARM)
+        return {"arms": results, "best": best, "comparison": comparison,
+                "requests": cfg.confirm, "seed": cfg.seed + 1}
+
+
+def paired(first: Sequence[Completion], second: Sequence[Completion],
+           kinds: Sequence[str]) -> dict[str, Any]:
+    """Best vs baseline on the same requests: the 2x2 table of pairs, the difference of
+    failure rates with Newcombe's interval, and the exact McNemar p-value."""
+    a_by = {c.request_id: c for c in first if not c.is_error}
+    b_by = {c.request_id: c for c in second if not c.is_error}
+    both = sorted(set(a_by) & set(b_by))
+    t = {"both": 0, "only_first": 0, "only_second": 0, "neither": 0}
+    for rid in both:
+        fa, fb = is_failure(a_by[rid], kinds), is_failure(b_by[rid], kinds)
+        t["both" if fa and fb else "only_first" if fa else "only_second" if fb
+          else "neither"] += 1
+    diff, lo, hi = paired_difference(t["both"], t["only_first"], t["only_second"], t["neither"])
+    return {"pairs": len(both), "table": t, "difference": diff, "ci95": [lo, hi],
+            "p_value": mcnemar_exact_p(t["only_first"], t["only_second"])}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def tune(engine: Engine, prompts: Sequence[Prompt], cfg: TuneConfig,
+         progress: Progress | None = None, detectors: DetectorList | None = None,
+         log: Callable[[str], None] | None = None) -> TuneResult:
+    """Search, confirm, and write ``tune.json`` into ``cfg.out``. See the module doc."""
+    t0 = time.time()
+    tuner = Tuner(engine, prompts, cfg, progress, detectors, log)
+    with tuner.progress:
+        study = tuner.search()
+        confirmation = tuner.confirm(study) if cfg.confirm > 0 else None
+    summary = summarize_study(study, cfg, confirmation)
+    summary.update(engine=engine.describe(), versions=versions(), wall_s=time.time() - t0,
+                   finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    path = cfg.out / "tune.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    tmp.replace(path)
+    return TuneResult(summary, cfg.out, study)
+
+
+def summarize_study(study: Any, cfg: TuneConfig, confirmation: dict[str, Any] | None
+                    ) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    rows = []
+    tokens = 0
+    for t in study.get_trials(deepcopy=False):
+        m = t.user_attrs.get("measure") or {}
+        tokens += m.get("tokens", 0)
+        rows.append({"number": t.number, "state": t.state.name.lower(),
+                     "values": t.user_attrs.get("values") or dict(t.params),
+                     "measure": m, "deviation": deviation(t.params),
+                     "objectives": t.values, "records": t.user_attrs.get("records"),
+                     "worker": t.user_attrs.get("worker"),
+                     "examples": t.user_attrs.get("examples", []),
+                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                     if t.datetime_complete and t.datetime_start else None})
+    if confirmation:
+        for arm in confirmation["arms"].values():
+            tokens += arm["measure"]["tokens"]
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = None
+    if confirmation and confirmation["best"]:
+        arm = confirmation["arms"][confirmation["best"]]
+        best = {"values": arm["values"], "trial": arm["trial"], "source": "confirmed"}
+    elif complete:
+        r = min(complete, key=lambda r: (r["measure"].get("rate") or 0, r["deviation"]))
+        best = {"values": r["values"], "trial": r["number"], "source": "search"}
+    importance = None
+    if len(complete) >= 4 and len(cfg.space.dims) > 1:
+        with contextlib.suppress(Exception):  # importance needs varied finished trials
+            import optuna
+
+            importance = optuna.importance.get_param_importances(
+                study, target=(lambda t: t.values[0]) if len(cfg.objectives) > 1 else None)
+    return {
+        "kind": "degen.tune", "study": cfg.study, "config": cfg.to_dict(),
+        "trials": rows, "n_complete": len(complete),
+        "n_pruned": sum(r["state"] == "pruned" for r in rows),
+        "generated_tokens": tokens, "best": best, "confirmation": confirmation,
+        "importance": importance,
+        "states": {s.name.lower(): sum(t.state == s for t in study.get_trials(deepcopy=False))
+                   for s in TrialState},
+    }
