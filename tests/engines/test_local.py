@@ -238,3 +238,22 @@ def test_stop_token_ids_reads_every_source() -> None:
                 config=Obj(eos_token_id=128001))
     tok = Obj(eos_token_id=128001)
     assert hf.stop_token_ids(model, tok) == {128001, 128009}
+
+
+def test_guard_cuts_a_looping_row_early_and_leaves_others_alone() -> None:
+    """Greedy, this prompt falls into '1. 1. 1. ...' (see tests/corpus): the guard
+    stops it with finish_reason 'repetition' long before max_tokens."""
+    eng = LocalEngine(batch_size=4, guard=True)
+    loop = Request("loop", "list-05", SamplingParams(temperature=0, max_tokens=256),
+                   messages=({"role": "user", "content": "What are four ways to save water "
+                              "at home? Use bullet points."},))
+    fine = Request("fine", "x", SamplingParams(temperature=0, max_tokens=256),
+                   messages=({"role": "user", "content": "What is the capital of France?"},))
+    try:
+        c_loop, c_fine = (f.result() for f in [eng.submit(loop), eng.submit(fine)])
+    finally:
+        eng.close()
+    assert c_loop.finish_reason == "repetition" and c_loop.is_failure
+    assert c_loop.completion_tokens < 100
+    assert c_loop.extra["cut"]["kind"] == "loop" and c_loop.extra["cut"]["evidence"]["period"]
+    assert c_fine.finish_reason == "stop"

@@ -137,8 +137,6 @@ def tune(
         total = cfg.trials * cfg.requests * cfg.runs + cfg.confirm * (cfg.confirm_top + 1)
         show = not quiet and sys.stderr.isatty()
         progress = (RichProgress if show else Progress)(total, "tune")
-        if not show:
-            log = (lambda s: None) if quiet else (lambda s: err(s, err=True))
         try:
             result = run_tune(eng, prompts, cfg, progress=progress,
                               detectors=default_detectors(), log=log)
