@@ -6,6 +6,7 @@ The runner only calls :meth:`Progress.update` with each completion; what is show
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -23,19 +24,22 @@ class Progress:
         self.errors = 0
         self.tokens = 0
         self.t0 = time.perf_counter()
+        self._lock = threading.Lock()  # several runs may report at once
 
     def update(self, c: Completion) -> None:
-        self.done += 1
-        self.failures += c.is_failure
-        self.errors += c.is_error
-        if not c.is_error:
-            self.tokens += c.completion_tokens or 0
-        self._refresh()
+        with self._lock:
+            self.done += 1
+            self.failures += c.is_failure
+            self.errors += c.is_error
+            if not c.is_error:
+                self.tokens += c.completion_tokens or 0
+            self._refresh()
 
     def skip(self, n: int) -> None:
         """Count ``n`` requests already done (a resumed run)."""
-        self.done += n
-        self._refresh()
+        with self._lock:
+            self.done += n
+            self._refresh()
 
     @property
     def tok_s(self) -> float:
@@ -46,6 +50,29 @@ class Progress:
         pass
 
     def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class Forwarding(Progress):
+    """One part of a bigger job: counts its own requests and forwards each to the
+    job's one bar (``outer``); entering and leaving it does nothing."""
+
+    def __init__(self, outer: Progress, total: int) -> None:
+        super().__init__(total, outer.description)
+        self.outer = outer
+
+    def update(self, c: Completion) -> None:
+        super().update(c)
+        self.outer.update(c)
+
+    def skip(self, n: int) -> None:
+        super().skip(n)
+        self.outer.skip(n)
+
+    def __enter__(self) -> Forwarding:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -60,7 +60,10 @@ def headline(s: dict[str, Any]) -> str:
         base = c["arms"]["baseline"]["measure"]
         cmp_ = c["comparison"]
         lo, hi = cmp_["ci95"]
-        return (f"failure rate {_rate(base)} at the engine's defaults -> {_rate(best)} with "
+        verdict = ("tuned" if hi < 0 else "the defaults are better" if lo > 0
+                   else "no clear difference")
+        return (f"{verdict}: failure rate {_rate(base)} at the engine's defaults -> "
+                f"{_rate(best)} with "
                 f"{_values(c['arms'][c['best']]['values'])}; difference "
                 f"{cmp_['difference']:+.1%} (95% CI {lo:+.1%} to {hi:+.1%}), paired exact "
                 f"McNemar p = {cmp_['p_value']:.2g}, on {cmp_['pairs']} new requests")

@@ -92,42 +92,57 @@ def test_bad_tune_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
         assert not (tmp_path / "o").exists()
 
 
-def test_kill_9_then_resume_keeps_every_finished_trial(tmp_path: Path) -> None:
+def test_ctrl_c_and_kill_9_then_resume_keep_every_finished_trial(tmp_path: Path) -> None:
     out = tmp_path / "o"
-    args = ["tune", *TINY, "--trials", "3", "--confirm", "0", "--no-report", "--out", str(out)]
-    p = subprocess.Popen([DEGEN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, start_new_session=True)
+    args = ["tune", *TINY, "--trials", "4", "--confirm", "0", "--no-report", "--out", str(out)]
     db = out / "study.db"
 
-    def finished() -> int:
+    def rows(where: str = "") -> list[tuple]:
         if not db.exists():
-            return 0
+            return []
         with sqlite3.connect(db) as c:
             try:
-                return c.execute("select count(*) from trials where state in "
-                                 "('COMPLETE', 'PRUNED')").fetchone()[0]
+                return c.execute(f"select number, state from trials {where}").fetchall()
             except sqlite3.OperationalError:
-                return 0
+                return []
 
-    deadline = time.monotonic() + 300
-    while finished() < 1:
-        if p.poll() is not None:
-            pytest.fail(f"tune ended before the kill: {p.stderr.read()}")
-        assert time.monotonic() < deadline, "no trial finished in time"
-        time.sleep(0.2)
+    def start_and_wait_for(n_finished: int) -> subprocess.Popen:
+        p = subprocess.Popen([DEGEN, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while len(rows("where state in ('COMPLETE', 'PRUNED')")) < n_finished:
+            if p.poll() is not None:
+                pytest.fail(f"tune ended before it was stopped: {p.stderr.read()}")
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+        return p
+
+    # Ctrl-C: out at once, exit 130, the trials it was running queued again
+    p = start_and_wait_for(1)
+    running = {n for n, s in rows() if s == "RUNNING"}
+    t0 = time.monotonic()
+    os.killpg(p.pid, signal.SIGINT)
+    p.wait(timeout=30)
+    assert time.monotonic() - t0 < 5
+    assert p.returncode == 130 and "run the same command again" in p.stderr.read().decode()
+    states = dict(rows())
+    assert running and all(states[n] in ("COMPLETE", "PRUNED", "FAIL") for n in running)
+    if any(states[n] == "FAIL" for n in running):
+        assert "WAITING" in states.values()  # the same parameters, to be run again
+
+    # kill -9: the next start fails what the dead worker was running and retries it
+    p = start_and_wait_for(len(rows("where state in ('COMPLETE', 'PRUNED')")) + 1)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    with sqlite3.connect(db) as c:
-        before = c.execute("select number, state from trials").fetchall()
+    before = rows()
     r = degen(*args, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    with sqlite3.connect(db) as c:
-        after = dict(c.execute("select number, state from trials").fetchall())
-    # every trial finished before the kill is still there, untouched
+    after = dict(rows())
+    # every trial finished before the stops is still there, untouched
     for number, state in before:
         if state in ("COMPLETE", "PRUNED"):
             assert after[number] == state
-    assert sum(s in ("COMPLETE", "PRUNED") for s in after.values()) == 3
+    assert sum(s in ("COMPLETE", "PRUNED") for s in after.values()) == 4
     # no record duplicated in any trial folder
     for f in (out / "trials").iterdir():
         ids = [c.request_id for c in iter_records(f / "records.jsonl")]
@@ -139,7 +154,7 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path: Path) -> None:
 
     with PostgresServer() as pg:
         args = ["tune", *TINY, "--max-tokens", "24", "--trials", "4", "--confirm", "0",
-                "--no-report", "--storage", pg.url, "--study", "shared"]
+                "--jobs", "1", "--no-report", "--storage", pg.url, "--study", "shared"]
         procs = [subprocess.Popen([DEGEN, *args, "--out", str(tmp_path / f"w{i}")],
                                   cwd=tmp_path, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for i in range(2)]

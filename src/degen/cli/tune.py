@@ -4,6 +4,7 @@ confirm the best on fresh requests, and show it."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -42,7 +43,7 @@ def tune(
                                         "landscape) or seed000 (T 0.7-0.9, min_p 0-0.1, "
                                         "repetition_penalty 1.0-1.1); 'none' for only "
                                         "--space/--param.", rich_help_panel=TUNE)] = "wide",
-    space: Annotated[Path | None, typer.Option(help="TOML file with a [space] table "
+    space: Annotated[Path | None, typer.Option(help="TOML file with a \\[space] table "
                                                "(overrides the preset).",
                                                rich_help_panel=TUNE)] = None,
     param: Annotated[list[str] | None, typer.Option(
@@ -80,6 +81,10 @@ def tune(
     confirm_top: Annotated[int, typer.Option(help="Front configurations to confirm.",
                                              rich_help_panel=TUNE)] = 2,
     sampler: Annotated[str, typer.Option(help="tpe or random.", rich_help_panel=TUNE)] = "tpe",
+    jobs: Annotated[int | None, typer.Option(
+        help="Trials run at once by this worker, sharing the engine (default: 2 locally, "
+        "which keeps the batch full while a trial's last long answers finish; 1 for a "
+        "server or with the latency objective).", rich_help_panel=TUNE)] = None,
     storage: Annotated[str | None, typer.Option(
         help="Optuna storage URL shared by several workers, e.g. postgresql://user@host/db "
         "(default: sqlite file OUT/study.db).", rich_help_panel=TUNE)] = None,
@@ -107,19 +112,23 @@ def tune(
     space_ = SearchSpace.build(None if preset == "none" else preset, space, param or ())
     kinds = tuple(k.strip() for k in fail_on.split(",") if k.strip())
     o.check_positive("--concurrency", concurrency)
+    o.check_positive("--jobs", jobs)
+    objectives = tuple(objective or ("failure",))
+    if jobs is None:
+        jobs = 2 if engine == "local" and "latency" not in objectives else 1
     if arrivals not in ARRIVALS:
         raise InvalidParams(f"--arrivals must be one of {', '.join(ARRIVALS)}, got {arrivals!r}")
     if engine == "openai" and early_cut and not stream:
         stream = True  # the cut needs the stream; say so
         if not quiet:
             typer.echo("note: --early-cut streams the responses (--stream)", err=True)
-    cfg = TuneConfig(space=space_, out=out, objectives=tuple(objective or ("failure",)),
+    cfg = TuneConfig(space=space_, out=out, objectives=objectives,
                      kinds=kinds, trials=trials, requests=requests, runs=runs,
                      rate=parse_rate(rate), arrivals=arrivals,
                      concurrency=concurrency or (16 if engine == "local" else None),
                      max_tokens=max_tokens, seed=seed, early_cut=early_cut, prune=prune,
                      confirm=confirm, confirm_top=confirm_top, storage=storage, study=study,
-                     sampler=sampler)
+                     sampler=sampler, jobs=jobs)
     prompts = load_prompts(None)
     opts = o.engine_options(engine, model=model, base_url=base_url, api_key=api_key, api=api,
                             stream=stream, dialect=dialect, timeout=timeout, retries=retries,
@@ -141,9 +150,15 @@ def tune(
             result = run_tune(eng, prompts, cfg, progress=progress,
                               detectors=default_detectors(), log=log)
         except KeyboardInterrupt:
+            progress.__exit__(None, None, None)
             err(f"interrupted; run the same command again to resume the study in {out}",
                 err=True)
-            raise typer.Exit(130) from None
+            # Requests still inside the engine would be recorded as errors if it were
+            # closed now; every finished record is on disk and the interrupted trials
+            # are queued again, so leave at once, as a killed worker would.
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(130)
     finally:
         eng.close()
     path = write_report(out) if report else None

@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,7 @@ from degen.engines.base import Engine
 from degen.errors import InvalidParams, UsageError
 from degen.load.runner import run_load, versions
 from degen.load.schedule import Plan
-from degen.progress import Progress
+from degen.progress import Forwarding, Progress
 from degen.prompts import Prompt
 from degen.records import Completion
 from degen.stats import mcnemar_exact_p, paired_difference, percentile, wilson_interval
@@ -86,6 +87,7 @@ class TuneConfig:
     storage: str | None = None
     study: str = "degen"
     sampler: str = "tpe"
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
@@ -102,7 +104,7 @@ class TuneConfig:
         if bad or not self.kinds:
             raise InvalidParams(f"unknown failure kind {', '.join(bad) or '(none)'}; "
                                 f"choose from {', '.join(FAILURE_KINDS)}")
-        for name in ("trials", "requests", "runs", "max_tokens", "confirm_top"):
+        for name in ("trials", "requests", "runs", "max_tokens", "confirm_top", "jobs"):
             if getattr(self, name) < 1:
                 raise InvalidParams(f"--{name.replace('_', '-')} must be >= 1, "
                                     f"got {getattr(self, name)}")
@@ -217,28 +219,6 @@ def params_key(values: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-class _Nested(Progress):
-    """Forwards to the study's one progress bar; entering and leaving does nothing."""
-
-    def __init__(self, outer: Progress, total: int) -> None:
-        super().__init__(total)
-        self.outer = outer
-
-    def update(self, c: Completion) -> None:
-        super().update(c)
-        self.outer.update(c)
-
-    def skip(self, n: int) -> None:
-        super().skip(n)
-        self.outer.skip(n)
-
-    def __enter__(self) -> _Nested:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 # --------------------------------------------------------------------- the study
 @dataclass
 class TuneResult:
@@ -258,33 +238,45 @@ class Tuner:
         self.detectors = detectors
         self.log = log or (lambda s: None)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._halt = threading.Event()  # set on Ctrl-C: send nothing more
 
     # ---- storage
     def open_study(self) -> Any:
         import warnings
 
         import optuna
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         cfg = self.cfg
         cfg.out.mkdir(parents=True, exist_ok=True)
-        try:
-            storage = RDBStorage(
-                cfg.storage_url, heartbeat_interval=5, grace_period=20,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                engine_kwargs={"pool_pre_ping": True})
-        except Exception as e:  # bad URL, unreachable server, missing driver
-            raise UsageError(f"cannot open the study storage {_redact(cfg.storage_url)}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+        for attempt in range(4):
+            try:
+                storage = _storage_class()(
+                    cfg.storage_url, heartbeat_interval=5, grace_period=20,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=3),
+                    engine_kwargs={"pool_pre_ping": True})
+                break
+            except Exception as e:  # bad URL, unreachable server, missing driver
+                # workers started together on a new database race to create its tables;
+                # the loser sees a unique-key violation and succeeds a moment later
+                if "IntegrityError" in type(e).__name__ + str(e)[:200] and attempt < 3:
+                    time.sleep(0.5 + attempt)
+                    continue
+                raise UsageError(
+                    f"cannot open the study storage {_redact(cfg.storage_url)}: "
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
         sampler = (optuna.samplers.RandomSampler(seed=cfg.seed) if cfg.sampler == "random"
                    else optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(
-                       6, max(2, cfg.trials // 2)), multivariate=True))
+                       6, max(2, cfg.trials // 2)), multivariate=True,
+                       constant_liar=cfg.jobs > 1 or cfg.storage is not None))
         study = optuna.create_study(
             storage=storage, study_name=cfg.study, sampler=sampler, load_if_exists=True,
             directions=["minimize"] * len(cfg.objectives))
         attrs = study.user_attrs
+        # jobs is left out: workers may run different numbers of trials at once
         mine = {"objectives": list(cfg.objectives), "kinds": list(cfg.kinds),
                 "space": cfg.space.to_dict(), "requests": cfg.requests, "runs": cfg.runs,
                 "max_tokens": cfg.max_tokens, "seed": cfg.seed, "early_cut": cfg.early_cut,
@@ -306,19 +298,67 @@ class Tuner:
     def _fail_own_dead(self, study: Any) -> None:
         """Trials left RUNNING by a killed worker on this host are failed (and retried)
         at once, rather than after the heartbeat's grace period."""
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-        from optuna.trial import TrialState
-
         host = socket.gethostname()
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in self._running(study):
             w = str(t.user_attrs.get("worker", ""))
             h, _, pid = w.rpartition(":")
             if h != host or not pid.isdigit() or _alive(int(pid)):
                 continue
-            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            if self._retry(study, t):
                 self.log(f"trial {t.number} of a killed worker (pid {pid}) will be retried")
-                retry(study, study._storage.get_trial(t._trial_id))
+
+    def abandon(self, study: Any) -> None:
+        """This worker's running trials are failed and queued again with the same
+        parameters (an interrupted study resumes them, and their records, next time)."""
+        study._stop_flag = True  # Optuna's loop starts no further trial
+        for t in self._running(study):
+            if t.user_attrs.get("worker") == self.worker:
+                self._retry(study, t)
+
+    @staticmethod
+    def _running(study: Any) -> list[Any]:
+        from optuna.trial import TrialState
+
+        return list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    @staticmethod
+    def _retry(study: Any, t: Any) -> bool:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+        from optuna.trial import TrialState
+
+        if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            return False
+        RetryHeartbeatStaleTrialCallback(max_retry=3)(study,
+                                                      study._storage.get_trial(t._trial_id))
+        return True
+
+    def _background(self, jobs: Sequence[Callable[[], Any]]) -> None:
+        """Run ``jobs`` in threads while the main thread waits, waking often: Ctrl-C
+        reaches only the main thread, which then sets the halt flag and re-raises."""
+        errors: list[BaseException] = []
+
+        def wrap(fn: Callable[[], Any]) -> Callable[[], None]:
+            def go() -> None:
+                try:
+                    fn()
+                except BaseException as e:  # handed to the main thread
+                    errors.append(e)
+                    self._halt.set()
+            return go
+
+        threads = [threading.Thread(target=wrap(fn), daemon=True, name="degen-tune")
+                   for fn in jobs]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.2)
+        except BaseException:
+            self._halt.set()
+            raise
+        if errors:
+            raise errors[0]
 
     # ---- one trial
     def measure(self, values: dict[str, Any], folder: Path, seed: int, requests: int,
@@ -329,11 +369,13 @@ class Tuner:
         plan = Plan(prompts=with_system(self.prompts, values.get("system")), params=params,
                     requests=requests, runs=cfg.runs, rate=cfg.rate, arrivals=cfg.arrivals,
                     seed=seed)
-        resume = (folder / "run.json").exists()
-        nested = _Nested(self.progress, plan.total)
-        result = run_load(self.engine, plan, folder, concurrency=cfg.concurrency,
-                          resume=resume, progress=nested, detectors=self.detectors,
-                          extra_meta={"values": values}, stop=stop)
+        # one run at a time per records folder, across threads and processes
+        with _locked(cfg.out / ".locks" / f"{folder.parent.name}-{folder.name}"):
+            resume = (folder / "run.json").exists()
+            nested = Forwarding(self.progress, plan.total)
+            result = run_load(self.engine, plan, folder, concurrency=cfg.concurrency,
+                              resume=resume, progress=nested, detectors=self.detectors,
+                              extra_meta={"values": values}, stop=stop)
         if result.stopped:
             self.progress.skip(plan.total - len(result.completions))
         return Measure.of(result.completions, cfg.kinds), result.completions, result.stopped
@@ -344,8 +386,9 @@ class Tuner:
         from optuna.trial import TrialState
 
         cfg = self.cfg
+        halted = self._halt.is_set
         if not cfg.prune or any(o in ("tokens", "latency") for o in cfg.objectives):
-            return lambda cs: False
+            return lambda cs: halted()
         mine = deviation(values)
         best: float | None = None
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -354,10 +397,12 @@ class Tuner:
                 continue
             best = r if best is None else min(best, r)
         if best is None:
-            return lambda cs: False
+            return lambda cs: halted()
         total = cfg.requests * cfg.runs
 
         def stop(cs: list[Completion]) -> bool:
+            if halted():
+                return True
             m = Measure.of(cs, cfg.kinds)
             return m.n >= min(8, total) and m.n < total and m.ci95[0] > best
 
@@ -369,6 +414,8 @@ class Tuner:
         cfg = self.cfg
 
         def run_trial(trial: Any) -> Any:
+            if self._halt.is_set():
+                raise Interrupted("the study was interrupted")
             trial.set_user_attr("worker", self.worker)
             values = cfg.space.suggest(trial)
             key = params_key(values)
@@ -378,6 +425,8 @@ class Tuner:
                 f"{k}={_fmt(v)}" for k, v in values.items()))
             m, cs, stopped = self.measure(values, cfg.out / "trials" / key, cfg.seed,
                                           cfg.requests, self._pruner(study, values))
+            if self._halt.is_set():
+                raise Interrupted("the study was interrupted")
             trial.set_user_attr("measure", m.to_dict())
             trial.set_user_attr("examples", _examples(cs, cfg.kinds))
             if stopped:
@@ -400,9 +449,14 @@ class Tuner:
         counted = len(study.get_trials(deepcopy=False, states=done))
         if counted < self.cfg.trials:
             self.progress.skip(counted * self.cfg.requests * self.cfg.runs)
-            study.optimize(self.objective(study), n_trials=self.cfg.trials - counted,
-                           callbacks=[MaxTrialsCallback(self.cfg.trials, states=done)],
-                           catch=(), gc_after_trial=False)
+            try:
+                self._background([lambda: study.optimize(
+                    self.objective(study), n_trials=self.cfg.trials - counted,
+                    n_jobs=self.cfg.jobs, catch=(), gc_after_trial=False,
+                    callbacks=[MaxTrialsCallback(self.cfg.trials, states=done)])])
+            except BaseException:
+                self.abandon(study)
+                raise
         else:
             self.progress.skip(self.cfg.trials * self.cfg.requests * self.cfg.runs)
         del optuna
@@ -456,14 +510,26 @@ class Tuner:
                 break
         results: dict[str, Any] = {}
         completions: dict[str, list[Completion]] = {}
-        for name, values, number in arms:
-            self.log(f"confirming {name} on {cfg.confirm} new requests")
-            m, cs, _ = self.measure(values, cfg.out / "confirm" / params_key(values),
-                                    cfg.seed + 1, cfg.confirm)
-            completions[name] = cs
-            results[name] = {"values": values, "trial": number, "measure": m.to_dict(),
-                             "deviation": deviation(values),
-                             "examples": _examples(cs, cfg.kinds)}
+
+        def arm(name: str, values: dict[str, Any], number: int | None) -> Callable[[], None]:
+            def go() -> None:
+                m, cs, _ = self.measure(values, cfg.out / "confirm" / params_key(values),
+                                        cfg.seed + 1, cfg.confirm,
+                                        lambda cs: self._halt.is_set())
+                if self._halt.is_set():
+                    return
+                completions[name] = cs
+                results[name] = {"values": values, "trial": number, "measure": m.to_dict(),
+                                 "deviation": deviation(values),
+                                 "examples": _examples(cs, cfg.kinds)}
+            return go
+
+        self.log(f"confirming {', '.join(a[0] for a in arms)} on {cfg.confirm} new requests")
+        # with parallel jobs the arms share the engine at once (fuller batches)
+        step = len(arms) if cfg.jobs > 1 else 1
+        for i in range(0, len(arms), step):
+            self._background([arm(*a) for a in arms[i:i + step]])
+        results = {a[0]: results[a[0]] for a in arms}  # in order: baseline first
         candidates = [a for a in results if a != DEFAULTS_ARM]
         best = min(candidates, key=lambda a: (results[a]["measure"]["rate"] or 0.0,
                                              results[a]["deviation"]), default=None)
@@ -473,6 +539,10 @@ class Tuner:
             comparison.update(best=best, baseline=DEFAULTS_ARM)
         return {"arms": results, "best": best, "comparison": comparison,
                 "requests": cfg.confirm, "seed": cfg.seed + 1}
+
+
+class Interrupted(Exception):
+    """A trial stopped because the study was interrupted (it is queued again)."""
 
 
 def paired(first: Sequence[Completion], second: Sequence[Completion],
@@ -490,6 +560,47 @@ def paired(first: Sequence[Completion], second: Sequence[Completion],
     diff, lo, hi = paired_difference(t["both"], t["only_first"], t["only_second"], t["neither"])
     return {"pairs": len(both), "table": t, "difference": diff, "ci95": [lo, hi],
             "p_value": mcnemar_exact_p(t["only_first"], t["only_second"])}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Any:
+    """An exclusive ``flock`` on the file ``path`` (made if missing), held inside."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_STORAGE: Any = None
+
+
+def _storage_class() -> Any:
+    """Optuna's RDB storage, with one fix: claiming a queued trial is serialized
+    within the process. Optuna claims a WAITING trial by reading and then updating
+    it; SQLite takes no row lock on the read, so two threads could both claim the
+    same trial (PostgreSQL's ``SELECT ... FOR UPDATE`` already prevents this)."""
+    global _STORAGE
+    if _STORAGE is None:
+        from optuna.storages import RDBStorage
+        from optuna.trial import TrialState
+
+        class Storage(RDBStorage):  # type: ignore[misc]
+            _claim = threading.Lock()
+
+            def set_trial_state_values(self, trial_id: int, state: TrialState,
+                                       values: Sequence[float] | None = None) -> bool:
+                if state != TrialState.RUNNING:
+                    return super().set_trial_state_values(trial_id, state, values)
+                with self._claim:
+                    return super().set_trial_state_values(trial_id, state, values)
+
+        _STORAGE = Storage
+    return _STORAGE
 
 
 def _alive(pid: int) -> bool:
