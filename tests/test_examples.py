@@ -30,3 +30,21 @@ def test_readme_python_snippet_runs(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert 0.0 <= float(r.stdout.strip()) <= 1.0
     assert (tmp_path / "runs" / "example" / "records.jsonl").is_file()
+
+
+def test_readme_main_job_runs_to_a_report(tmp_path: Path) -> None:
+    """The README's first command, scaled down by flags appended to it (the same
+    command, defaults and all, takes about 13 minutes: see the README)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```bash")[1].split("```")[0]
+    first = next(ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#"))
+    setup, main = (part.strip() for part in first.split("&&"))
+    assert setup == "bash scripts/setup.sh" and main.startswith(".venv/bin/degen tune ")
+    argv = [str(Path(sys.executable).with_name("degen")), *main.split()[1:],
+            "--trials", "2", "--requests", "2", "--max-tokens", "16", "--confirm", "2",
+            "--quiet"]
+    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.strip().splitlines()
+    assert out[-1] == "report: runs/tune/report.html" and "failure rate" in out[0]
+    assert (tmp_path / "runs" / "tune" / "report.html").is_file()
