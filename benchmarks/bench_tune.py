@@ -18,7 +18,7 @@ arms (those tokens are reported apart and not charged to either side). Goal: tun
 best has a confirmed rate inside the grid best's confirmed interval, with at most a
 fifth of the grid's generated tokens.
 
-    .venv/bin/python -m benchmarks.bench_tune [--requests 32] [--trials 12] [--json F]
+    .venv/bin/python -m benchmarks.bench_tune [--requests 32] [--trials 10] [--json F]
 
 The output folder keeps every record; running the same command again resumes.
 """
@@ -88,9 +88,12 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=3, help="grid values per knob")
     ap.add_argument("--requests", type=int, default=32, help="per configuration")
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--confirm", type=int, default=64)
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--confirm", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--concurrency", type=int, default=16, help="tune: per trial")
+    ap.add_argument("--jobs", type=int, default=2, help="tune: trials at once")
+    ap.add_argument("--grid-concurrency", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-tune"))
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -98,7 +101,8 @@ def main() -> None:
     eng = LocalEngine(batch_size=32)
     eng.load()
     try:
-        grid = run_grid(eng, prompts, a.out, a.points, a.requests, a.max_tokens, a.seed, 32)
+        grid = run_grid(eng, prompts, a.out, a.points, a.requests, a.max_tokens, a.seed,
+                        a.grid_concurrency)
         print(f"grid: {len(grid['cells'])} cells x {a.requests} requests, "
               f"{grid['tokens']:,} tokens in {grid['wall_s']:.0f} s; best {grid['best']['values']}"
               f" {grid['best']['failures']}/{grid['best']['n']}", flush=True)
@@ -106,8 +110,8 @@ def main() -> None:
         eng.guard = True
         space = SearchSpace(tuple(Dim(k, lo, hi) for k, (lo, hi) in RANGES.items()))
         cfg = TuneConfig(space=space, out=a.out / "tune", trials=a.trials, requests=a.requests,
-                         max_tokens=a.max_tokens, concurrency=16, confirm=a.confirm,
-                         seed=a.seed)
+                         max_tokens=a.max_tokens, concurrency=a.concurrency,
+                         confirm=a.confirm, seed=a.seed, jobs=a.jobs)
         total = cfg.trials * cfg.requests + cfg.confirm * (cfg.confirm_top + 1)
         t0 = time.time()
         res = tune(eng, prompts, cfg, progress=_bar(total, "tune"),
@@ -137,6 +141,7 @@ def main() -> None:
     ratio = s["generated_tokens"] / grid["tokens"]
     row = {
         "space": RANGES, "requests_per_config": a.requests, "max_tokens": a.max_tokens,
+        "settings": vars(a) | {"out": str(a.out), "json": str(a.json)},
         "grid": grid, "tune": {"tokens": s["generated_tokens"], "wall_s": tune_wall,
                                "trials": len(s["trials"]), "pruned": s["n_pruned"],
                                "best": tune_best, "baseline": conf["arms"]["baseline"],

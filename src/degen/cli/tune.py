@@ -57,7 +57,7 @@ def tune(
                                          "runaway (incl. loops cut early), loop, spacing, "
                                          "gibberish.", rich_help_panel=TUNE)] = "runaway",
     trials: Annotated[int, typer.Option(help="Trials in the study (all workers).",
-                                        rich_help_panel=TUNE)] = 12,
+                                        rich_help_panel=TUNE)] = 10,
     requests: Annotated[int, typer.Option(help="Requests per trial (per run).",
                                           rich_help_panel=TUNE)] = 32,
     runs: o.Runs = 1,
@@ -77,7 +77,7 @@ def tune(
                                         rich_help_panel=TUNE)] = True,
     confirm: Annotated[int, typer.Option(help="Requests to re-run the best configurations and "
                                          "the baseline on (0 = skip).",
-                                         rich_help_panel=TUNE)] = 64,
+                                         rich_help_panel=TUNE)] = 48,
     confirm_top: Annotated[int, typer.Option(help="Front configurations to confirm.",
                                              rich_help_panel=TUNE)] = 2,
     sampler: Annotated[str, typer.Option(help="tpe or random.", rich_help_panel=TUNE)] = "tpe",

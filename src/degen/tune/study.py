@@ -72,7 +72,7 @@ class TuneConfig:
     out: Path
     objectives: tuple[str, ...] = ("failure",)
     kinds: tuple[str, ...] = ("runaway",)
-    trials: int = 12
+    trials: int = 10
     requests: int = 32
     runs: int = 1
     rate: float | None = None
@@ -82,7 +82,7 @@ class TuneConfig:
     seed: int = 0
     early_cut: bool = True
     prune: bool = True
-    confirm: int = 64
+    confirm: int = 48
     confirm_top: int = 2
     storage: str | None = None
     study: str = "degen"
