@@ -152,7 +152,8 @@ def main() -> None:
                   "tune_best_not_worse_than_grid_best": agree,
                   "tokens": gm.tokens if params_key(gv) != params_key(tune_best["values"])
                   else 0},
-        "tokens_ratio": ratio, "goal": "<= 0.2 and tune's best inside the grid best's interval or better",
+        "tokens_ratio": ratio,
+        "goal": "<= 0.2 and tune's best inside the grid best's interval or better",
     }
     print(f"grid best {gv}: confirmed {gm.failures}/{gm.n} ({lo:.1%}-{hi:.1%}); tune best "
           f"{tune_best['values']}: {tm.failures}/{tm.n}; as good or better: {agree}")
