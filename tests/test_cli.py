@@ -152,6 +152,45 @@ def test_openai_engine_through_the_cli(tmp_path: Path, llamacpp_server) -> None:
                                       "the llamacpp API has no such parameter"}
 
 
+def test_run_guard_on_a_server_streams_and_is_recorded(tmp_path: Path) -> None:
+    from degen.testing.scripted import ScriptedServer
+
+    with ScriptedServer(["ok"]) as srv:
+        base = ["run", "--engine", "openai", "--base-url", srv.base_url, "--requests", "2",
+                "--json"]
+        r = degen(*base, "--guard", "--out", str(tmp_path / "on"), cwd=tmp_path, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "note: --guard streams the responses (--stream)" in r.stderr
+        assert all(b["stream"] for b in srv.bodies)
+        r = degen(*base, "--out", str(tmp_path / "off"), cwd=tmp_path, timeout=60)
+        assert r.returncode == 0, r.stderr
+    on = json.loads((tmp_path / "on" / "run.json").read_text())["engine"]
+    assert on["guard"] is True and on["stream"] is True
+    off = json.loads((tmp_path / "off" / "run.json").read_text())["engine"]
+    assert off["guard"] is False and off["stream"] is False  # --no-guard is the default
+
+
+LOOPERS = ("list-05", "list-06", "story-03", "story-04")  # greedy loops (tests/corpus)
+
+
+def test_run_guard_cuts_loops_on_the_local_engine(tmp_path: Path) -> None:
+    from degen.prompts import load_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": p.id, "messages": list(p.messages)}) + "\n"
+                               for p in load_prompts() if p.id in LOOPERS))
+    r = degen("run", "--prompts", str(prompts), "--requests", "4", "--temperature", "0",
+              "--max-tokens", "128", "--json", "-q", "--guard", "--out", str(tmp_path / "o"),
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
+    cut = [c for c in recs if c.finish_reason == "repetition"]
+    assert s["cut"] == len(cut) >= 2  # "1. 1. 1." and ",\nA silent night" loop early
+    assert all(c.extra["cut"]["kind"] == "loop" and c.completion_tokens < 128 for c in cut)
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["engine"]["guard"] is True
+
+
 def test_a_gguf_that_is_not_a_model(tmp_path: Path) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["degen.detect.loop", "degen.engines.base"])
+@pytest.mark.parametrize("module", ["degen.detect.loop", "degen.detect.watch",
+                                    "degen.engines.base"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from degen.cli import guard as guard_cmd
 from degen.cli import profile as profile_cmd
 from degen.cli import run as run_cmd
 from degen.cli import scan as scan_cmd
@@ -31,6 +32,7 @@ app.command("scan", help=scan_cmd.HELP)(scan_cmd.scan)
 app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile_cmd)
 app.command("tune", help=tune_cmd.HELP)(tune_cmd.tune)
 app.command("report", help=tune_cmd.REPORT_HELP)(tune_cmd.report_cmd)
+app.command("guard", help=guard_cmd.HELP)(guard_cmd.guard)
 
 
 @app.callback(invoke_without_command=True)

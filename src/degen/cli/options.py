@@ -45,6 +45,11 @@ Device = Annotated[str, typer.Option(help="local: auto, cpu, cuda, cuda:N.",
                                      rich_help_panel=ENGINE)]
 Dtype = Annotated[str, typer.Option(help="local: auto (fp32 on CPU, bf16 on CUDA), float32, "
                                     "bfloat16, float16.", rich_help_panel=ENGINE)]
+Guard = Annotated[bool, typer.Option("--guard/--no-guard", help="Cut a looping generation as "
+                                     "soon as the streaming loop detector confirms the loop "
+                                     "(finish_reason \"repetition\", counted as a failure). "
+                                     "openai: streams the responses.",
+                                     rich_help_panel=ENGINE)]
 
 Temperature = Annotated[float, typer.Option(help="0 = greedy.", rich_help_panel=SAMPLING)]
 TopP = Annotated[float, typer.Option(help="Nucleus mass; 1 = off.", rich_help_panel=SAMPLING)]

@@ -32,6 +32,7 @@ def run(
     batch_size: o.BatchSize = 32,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
+    guard: o.Guard = False,
     temperature: o.Temperature = 1.0,
     top_p: o.TopP = 1.0,
     top_k: o.TopK = 0,
@@ -91,11 +92,20 @@ def run(
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose "
                          "another --out")
 
-    eng = create_engine(engine, **o.engine_options(
+    err = typer.echo
+    if guard and engine == "openai" and not stream:
+        stream = True  # the cut needs the stream; say so
+        if not quiet:
+            err("note: --guard streams the responses (--stream)", err=True)
+    opts = o.engine_options(
         engine, model=model, base_url=base_url, api_key=api_key, api=api, stream=stream,
         dialect=dialect, timeout=timeout, retries=retries, batch_size=batch_size,
-        device=device, dtype=dtype))
-    err = typer.echo
+        device=device, dtype=dtype)
+    if engine in ("local", "openai"):
+        opts["guard"] = guard
+    elif guard:
+        raise UsageError(f"--guard needs engine local or openai, not {engine!r}")
+    eng = create_engine(engine, **opts)
     dropped = eng.unsupported(params)
     for name, why in dropped.items():
         err(f"warning: {name} is not applied by this engine: {why}", err=True)

@@ -1,16 +1,24 @@
 """A scripted OpenAI-compatible server for faults a real server will not produce on
-demand: 500s, 429 with Retry-After, resets mid-stream, hangs, malformed SSE.
+demand: 500s, 429 with Retry-After, resets mid-stream, hangs, malformed SSE, and, for
+the guard, streams that loop forever, drip forever or go as fast as they can.
 
-Each POST takes the next behaviour from ``script`` (the last one repeats). Every
-request body is kept in ``bodies`` so tests can check what the client sent.
+Each POST takes the next behaviour from ``script`` (the last one repeats), or the one
+its body names in a ``"scripted"`` field (mixed load). Every
+request body is kept in ``bodies`` (and its Authorization header in ``auths``) so
+tests can check what the client sent. ``open_connections`` counts the connections
+open right now; an endless stream notes in ``closed_at`` (``time.monotonic()``) when
+its client hung up.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,17 +33,39 @@ def _chat(text: str, finish: str = "stop") -> dict[str, Any]:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 512  # hundreds of clients may connect at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up on a hanging or resetting handler is expected here."""
 
 
 class ScriptedServer:
+    """See the module doc. Stream behaviours (``loop``, ``drip``, ``fast``, ``echo``)
+    answer ``/completions`` with ``text`` chunks and ``/chat/completions`` with deltas.
+
+    Args:
+        script: behaviours, one per POST (the last repeats).
+        interval_s: pause between the chunks of ``loop`` and ``drip``.
+        loop_prefix, loop_unit: ``loop`` streams the prefix's words, then the unit's
+            words over and over (until ``max_chunks``, then ``finish_reason: length``).
+        fast_chunks: chunks ``fast`` sends.
+    """
+
     def __init__(self, script: list[str], owned_by: str = "scripted",
-                 hang_s: float = 5.0) -> None:
+                 hang_s: float = 5.0, interval_s: float = 0.01,
+                 loop_prefix: str = "Once upon a time there was a cat.",
+                 loop_unit: str = "The cat sat on the mat.", max_chunks: int = 5000,
+                 fast_chunks: int = 32) -> None:
         self.script = list(script)
         self.owned_by = owned_by
         self.hang_s = hang_s
+        self.interval_s = interval_s
+        self.loop_prefix, self.loop_unit = loop_prefix, loop_unit
+        self.max_chunks, self.fast_chunks = max_chunks, fast_chunks
         self.bodies: list[dict[str, Any]] = []
+        self.auths: list[str | None] = []
+        self.closed_at: list[float] = []
+        self.open_connections = 0
         self.calls = 0
         self._lock = threading.Lock()
         server = self
@@ -45,6 +75,18 @@ class ScriptedServer:
 
             def log_message(self, *a: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.open_connections += 1
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with server._lock:
+                        server.open_connections -= 1
 
             def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(obj).encode()
@@ -68,9 +110,12 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(n) or b"{}")
                 with server._lock:
                     server.bodies.append(body)
-                    step = server.script[min(server.calls, len(server.script) - 1)]
+                    server.auths.append(self.headers.get("Authorization"))
+                    step = body.get("scripted") or server.script[
+                        min(server.calls, len(server.script) - 1)]
                     server.calls += 1
                 stream = bool(body.get("stream"))
+                self.body = body
                 getattr(self, "do_" + step.replace("-", "_"))(stream)
 
             # --- behaviours -------------------------------------------------
@@ -119,6 +164,90 @@ class ScriptedServer:
                 self.wfile.write(b"data: {not json\n\n")
                 self.wfile.flush()
 
+            # --- streams for the guard ------------------------------------
+            def _piece(self, text: str, finish: str | None = None) -> dict[str, Any]:
+                if self.path.rstrip("/").endswith("/chat/completions"):
+                    choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text
+                                              else {}, "finish_reason": finish}
+                    obj = "chat.completion.chunk"
+                else:
+                    choice = {"index": 0, "text": text, "finish_reason": finish}
+                    obj = "text_completion"
+                return {"id": "scripted-1", "object": obj, "created": 1, "model": "scripted",
+                        "choices": [choice]}
+
+            def _send_event(self, ev: dict[str, Any] | str) -> None:
+                data = ev if isinstance(ev, str) else json.dumps(ev)
+                self.wfile.write(b"data: " + data.encode() + b"\n\n")
+                self.wfile.flush()
+
+            def _client_left(self, wait: float) -> bool:
+                """Wait up to ``wait`` seconds; True when the client closed the connection."""
+                readable, _, _ = select.select([self.connection], [], [], wait)
+                if not readable:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+
+            def _endless(self, pieces: Iterator[str]) -> None:
+                self._start_sse()
+                try:
+                    for i, piece in enumerate(pieces):
+                        if i >= server.max_chunks:
+                            self._send_event(self._piece("", "length"))
+                            self._send_event("[DONE]")
+                            return
+                        self._send_event(self._piece(piece))
+                        if self._client_left(server.interval_s):
+                            break
+                except OSError:
+                    pass
+                with server._lock:
+                    server.closed_at.append(time.monotonic())
+
+            def do_loop(self, stream: bool) -> None:
+                words = [w + " " for w in server.loop_prefix.split()]
+                unit = [w + " " for w in server.loop_unit.split()]
+                self._endless(itertools.chain(words, itertools.cycle(unit)))
+
+            def do_drip(self, stream: bool) -> None:
+                self._endless(f"word{i} " for i in itertools.count())
+
+            def do_fast(self, stream: bool) -> None:
+                self._start_sse()
+                out = b"".join(b"data: " + json.dumps(self._piece(f"tok{i} ")).encode()
+                               + b"\n\n" for i in range(server.fast_chunks))
+                out += b"data: " + json.dumps(self._piece("", "stop")).encode() + b"\n\n"
+                usage = {"id": "scripted-1", "object": "chat.completion.chunk", "created": 1,
+                         "model": "scripted", "choices": [],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": server.fast_chunks,
+                                   "total_tokens": 5 + server.fast_chunks}}
+                out += b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n"
+                try:
+                    self.wfile.write(out)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+            def do_echo(self, stream: bool) -> None:
+                """Streams the request's ``echo`` text back a few characters at a time."""
+                text = str(self.body.get("echo", OK_TEXT))
+                self._start_sse()
+                try:
+                    for i in range(0, len(text), 3):
+                        self._send_event(self._piece(text[i:i + 3]))
+                    self._send_event(self._piece("", "stop"))
+                    self._send_event({"id": "scripted-1", "object": "chat.completion.chunk",
+                                      "created": 1, "model": "scripted", "choices": [],
+                                      "usage": {"prompt_tokens": 5,
+                                                "completion_tokens": -(-len(text) // 3),
+                                                "total_tokens": 5 - (-len(text) // 3)}})
+                    self._send_event("[DONE]")
+                except OSError:
+                    pass
+
             def _sse(self, events: list[dict[str, Any]]) -> None:
                 self._start_sse()
                 for ev in events:
@@ -130,7 +259,8 @@ class ScriptedServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:

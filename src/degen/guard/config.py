@@ -1,0 +1,219 @@
+"""The guard's configuration: :class:`GuardConfig`, validated on construction, and the
+helpers that build it from flags (``name=value`` parameters, sizes, a tuning study's
+best parameters)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from degen.errors import InvalidParams, UsageError
+
+# Fields the guard owns: a default or override of them would break the proxy itself.
+PROTECTED = frozenset({"stream", "stream_options", "messages", "prompt"})
+# Knob values `degen tune` may store that become request fields (built as the openai
+# engine sends them, so the tuned configuration is reproduced, neutral values included).
+_NOT_SAMPLING = frozenset({"model", "messages", "prompt", "max_tokens", "stream",
+                           "stream_options", "seed", "stop"})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2,
+          "mb": 1000**2, "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3,
+          "gib": 1024**3, "gi": 1024**3}
+
+
+def parse_assignment(spec: str, flag: str = "--default") -> tuple[str, Any]:
+    """``name=value`` -> (name, value); the value is read as JSON when it is JSON
+    (``0.7``, ``true``, ``{"a": 1}``), else kept as a string."""
+    name, eq, raw = spec.partition("=")
+    name = name.strip()
+    if not eq or not _NAME.fullmatch(name):
+        raise InvalidParams(f"{flag} must look like name=value (e.g. temperature=0.7), "
+                            f"got {spec!r}")
+    if name in PROTECTED:
+        raise InvalidParams(f"{flag} {name}: the guard sets {name} itself; it cannot be "
+                            "given a default or an override")
+    raw = raw.strip()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name, value
+
+
+def parse_assignments(specs: Iterable[str], flag: str) -> dict[str, Any]:
+    return dict(parse_assignment(s, flag) for s in specs)
+
+
+def parse_size(text: str | int) -> int:
+    """``1048576``, ``1MiB``, ``512KiB``, ``2MB`` -> bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        m = _SIZE.fullmatch(str(text))
+        if not m:
+            raise InvalidParams(f"--max-body must be a size such as 1MiB, 512KiB or 1048576, "
+                                f"got {text!r}")
+        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    if n < 1:
+        raise InvalidParams(f"--max-body must be at least 1 byte, got {text!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """Everything ``degen guard`` needs; validated on construction.
+
+    Args:
+        upstream: the guarded server, e.g. ``http://127.0.0.1:8000`` (``/v1`` is added
+            when the path is empty).
+        host, port: where the guard listens (loopback unless told otherwise).
+        api_key: clients must send ``Authorization: Bearer <api_key>``.
+        upstream_key: sent upstream instead of the client's Authorization.
+        max_tokens_cap: the most tokens a request may ask for; also what a request
+            that names no limit gets.
+        defaults: request fields set when the client did not send them.
+        overrides: request fields always set.
+        system: a system prompt put before chat conversations that have none.
+        max_body: largest request body accepted, in bytes (413 above).
+        timeout: seconds without data from the upstream before a request fails (504).
+        connect_timeout: seconds to connect to the upstream (502 past it).
+        cut: cut looping streams (False: only watch and count them).
+        log_content: log prompts and outputs (never done otherwise).
+        max_connections: upstream connections open at once at most.
+    """
+
+    upstream: str
+    host: str = "127.0.0.1"
+    port: int = 8100
+    api_key: str | None = field(default=None, repr=False)
+    upstream_key: str | None = field(default=None, repr=False)
+    max_tokens_cap: int = 8192
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    max_body: int = 1 << 20
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    cut: bool = True
+    log_content: bool = False
+    max_connections: int = 1024
+
+    def __post_init__(self) -> None:
+        from degen.engines.openai import normalize_base_url
+
+        s = object.__setattr__
+        if not isinstance(self.upstream, str) or not self.upstream.strip():
+            raise InvalidParams("--upstream is required: the URL of the server to guard, "
+                                "e.g. http://127.0.0.1:8000")
+        try:
+            s(self, "upstream", normalize_base_url(self.upstream))
+        except InvalidParams:
+            raise InvalidParams(f"--upstream must start with http:// or https://, got "
+                                f"{self.upstream!r}") from None
+        if not self.host:
+            raise InvalidParams("--host must not be empty (127.0.0.1 listens on loopback only)")
+        if not 0 <= self.port <= 65535:
+            raise InvalidParams(f"--port must be in [0, 65535], got {self.port}")
+        for name, key in (("--api-key", self.api_key), ("--upstream-key", self.upstream_key)):
+            if key is not None and (not key.strip() or any(c in key for c in "\r\n")):
+                raise InvalidParams(f"{name} must be a non-empty single-line string")
+        if self.max_tokens_cap < 1:
+            raise InvalidParams(f"--max-tokens-cap must be >= 1, got {self.max_tokens_cap}")
+        if self.max_body < 1:
+            raise InvalidParams(f"--max-body must be >= 1 byte, got {self.max_body}")
+        for name, v in (("--timeout", self.timeout), ("connect_timeout", self.connect_timeout)):
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise InvalidParams(f"{name} must be > 0 seconds, got {v}")
+        if self.max_connections < 1:
+            raise InvalidParams(f"max_connections must be >= 1, got {self.max_connections}")
+        for what, fields in (("--default", self.defaults), ("--override", self.overrides)):
+            for k in fields:
+                if k in PROTECTED:
+                    raise InvalidParams(f"{what} {k}: the guard sets {k} itself")
+        s(self, "defaults", dict(self.defaults))
+        s(self, "overrides", dict(self.overrides))
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+
+# ---------------------------------------------------------------------- tuned params
+def resolve_dialect(upstream: str, key: str | None = None, timeout: float = 5.0) -> str:
+    """The parameter dialect of the server at ``upstream`` (from ``owned_by`` in its
+    ``/models``): vllm, llamacpp or openai. Raises UsageError when nobody answers."""
+    import httpx
+
+    from degen.engines.openai import _OWNED_BY, normalize_base_url
+
+    base = normalize_base_url(upstream)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx.get(base + "/models", headers=headers, timeout=timeout)
+        data = (r.json().get("data") or []) if r.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError) as e:
+        raise UsageError(f"cannot tell which server runs at {base} ({type(e).__name__}) to "
+                         "name the tuned parameters; start it first or pass --dialect "
+                         "vllm, llamacpp or openai") from None
+    owned = data[0].get("owned_by") if data and isinstance(data[0], dict) else None
+    return _OWNED_BY.get(str(owned or ""), "openai")
+
+
+def load_tuned(folder: Path | str) -> dict[str, Any]:
+    """The best knob values of the study in ``folder`` (``tune.json`` of ``degen tune``)."""
+    folder = Path(folder)
+    path = folder / "tune.json" if folder.is_dir() or not folder.suffix else folder
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no tune.json in {folder}; pass the --out folder of a finished "
+                         "`degen tune`") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    best = data.get("best") if isinstance(data, dict) else None
+    values = best.get("values") if isinstance(best, dict) else None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} has no best configuration (no trial finished); finish the "
+                         "study or drop --params-from")
+    return values
+
+
+def tuned_fields(values: Mapping[str, Any], dialect: str
+                 ) -> tuple[dict[str, Any], str | None, list[str]]:
+    """Request fields for a tuning study's best ``values`` on a server of ``dialect``:
+    (fields, system prompt or None, one warning per knob the server cannot express).
+
+    Fields are named and completed as the openai engine sends them during a study (so
+    the server's own defaults cannot sneak in where the study had a knob off)."""
+    from degen.engines.openai import DIALECTS, build_body, unsupported_fields
+    from degen.records import Request
+    from degen.tune.space import KNOBS, SYSTEM_PROMPTS, sampling_params
+
+    if dialect not in DIALECTS or dialect == "auto":
+        raise InvalidParams(f"dialect must be vllm, llamacpp or openai, got {dialect!r}")
+    warnings = [f"{k}={v!r} from the study is not a knob degen knows; ignored"
+                for k, v in values.items() if k not in KNOBS]
+    known = {k: v for k, v in values.items() if k in KNOBS}
+    params = sampling_params(known, max_tokens=1)
+    _, body = build_body(Request("guard", "guard", params,
+                                 messages=({"role": "user", "content": ""},)),
+                         "model", dialect, "chat", stream=False)
+    fields = {k: v for k, v in body.items() if k not in _NOT_SAMPLING}
+    for name, why in unsupported_fields(params, dialect).items():
+        if name in ("repetition_penalty_scope", "penalize_eot"):
+            name = f"penalty_scope={known.get('penalty_scope')}"
+        else:
+            name = f"{name}={getattr(params, name)}"
+        warning = f"{name} is not applied: {why}"
+        if warning not in warnings:
+            warnings.append(warning)
+    variant = known.get("system")
+    system = SYSTEM_PROMPTS.get(variant) if isinstance(variant, str) else None
+    return fields, system, warnings

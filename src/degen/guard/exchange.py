@@ -1,0 +1,288 @@
+"""One guarded generation request: the client's shape, the per-choice loop watches, and
+the answer built from the upstream's stream.
+
+The guard always asks the upstream for a stream. :class:`Exchange` is fed the parsed
+server-sent events one at a time (:meth:`Exchange.process`); it watches the text of
+every choice with a :class:`~degen.detect.watch.LoopWatch` and, when one confirms a
+loop, marks the choice cut: the caller stops relaying it, closes the upstream once
+every choice is done, and sends :meth:`Exchange.cut_chunk` (``finish_reason:
+"repetition"`` and the evidence in a ``degen`` field). For a client that did not ask
+for a stream, the pieces are put back together into one ordinary response
+(:meth:`Exchange.response`). No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from degen.detect.base import Finding
+from degen.detect.watch import LoopWatch, prompt_text
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    """What the guard knows of one choice (``index``) of the answer."""
+
+    index: int
+    watch: LoopWatch | None
+    tokens: int = 0  # chunks that carried text: generated tokens, as servers stream them
+    finish: str | None = None
+    finding: Finding | None = None
+    cut: dict[str, Any] | None = None  # the ``degen`` evidence when cut
+    role: str | None = None
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: dict[str, Any] | None = None
+    refusal: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.cut is not None or self.finish is not None
+
+
+class Exchange:
+    """State of one request to a generation endpoint. See the module doc.
+
+    Args:
+        endpoint: :data:`CHAT` or :data:`COMPLETIONS`.
+        client_body: the JSON the client sent.
+        upstream_body: what goes upstream (after defaults, overrides and the cap).
+        max_tokens: the generation limit the upstream was given.
+        detect: watch for loops; ``cut``: cut them (else only record them).
+    """
+
+    def __init__(self, endpoint: str, client_body: dict[str, Any],
+                 upstream_body: dict[str, Any], max_tokens: int, *, detect: bool = True,
+                 cut: bool = True) -> None:
+        self.endpoint = endpoint
+        self.chat = endpoint == CHAT
+        self.stream = bool(client_body.get("stream"))
+        opts = client_body.get("stream_options")
+        self.client_usage = self.stream and isinstance(opts, dict) and bool(
+            opts.get("include_usage"))
+        n = upstream_body.get("n", 1)
+        self.n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+        self.max_tokens = max_tokens
+        self.detect, self.cut = detect, cut
+        self._prompt: str | None = None
+        self._body = upstream_body
+        self.choices: dict[int, ChoiceState] = {}
+        self.meta: dict[str, Any] = {}
+        self.usage: dict[str, Any] | None = None
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+        self.finished_stream = False  # [DONE] or every choice finished upstream
+
+    # ------------------------------------------------------------------ feeding
+    @property
+    def prompt(self) -> str:
+        if self._prompt is None:
+            b = self._body
+            msgs = b.get("messages") if isinstance(b.get("messages"), list) else None
+            self._prompt = prompt_text(messages=msgs, prompt=b.get("prompt") if not self.chat
+                                       else None)
+        return self._prompt
+
+    def choice(self, index: int) -> ChoiceState:
+        st = self.choices.get(index)
+        if st is None:
+            watch = LoopWatch(self.prompt) if self.detect else None
+            st = self.choices[index] = ChoiceState(index, watch)
+        return st
+
+    def process(self, chunk: dict[str, Any]) -> tuple[bool, list[int]]:
+        """Feed one upstream chunk. Returns (changed, newly cut choice indices); when
+        ``changed``, the parts of cut choices were removed from ``chunk["choices"]``."""
+        if not self.meta:
+            self.meta = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint")
+                         if chunk.get(k) is not None}
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage
+        choices = chunk.get("choices")
+        if not choices or not isinstance(choices, list):
+            return False, []
+        keep: list[Any] = []
+        cut_now: list[int] = []
+        changed = False
+        for ch in choices:
+            if not isinstance(ch, dict):
+                keep.append(ch)
+                continue
+            idx = ch.get("index", 0)
+            st = self.choice(idx if isinstance(idx, int) else 0)
+            if st.cut is not None:  # cut already: whatever still comes is dropped
+                changed = True
+                continue
+            if self.chat:
+                delta = ch.get("delta") or {}
+                text = delta.get("content")
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            else:
+                delta, text, reasoning = None, ch.get("text"), None
+            if text or reasoning:
+                st.tokens += 1
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                if st.watch is not None and st.finding is None:
+                    f = st.watch.feed(reasoning) if isinstance(reasoning, str) else None
+                    if f is None and isinstance(text, str):
+                        f = st.watch.feed(text)
+                    if f is not None:
+                        st.finding = f
+                        if self.cut:
+                            st.cut = self._evidence(st, f)
+                            cut_now.append(st.index)
+                            changed = True
+                            continue
+            if not self.stream:
+                self._collect(st, ch, delta, text, reasoning)
+            if ch.get("finish_reason"):
+                st.finish = ch["finish_reason"]
+                if st.watch is not None and st.finding is None:
+                    st.finding = st.watch.finish()  # a loop that ran to the end
+            keep.append(ch)
+        if changed:
+            chunk["choices"] = keep
+        return changed, cut_now
+
+    def _evidence(self, st: ChoiceState, f: Finding) -> dict[str, Any]:
+        d = f.to_dict()
+        d.update(index=st.index, completion_tokens=st.tokens, max_tokens=self.max_tokens)
+        return d
+
+    def _collect(self, st: ChoiceState, ch: dict[str, Any], delta: dict[str, Any] | None,
+                 text: Any, reasoning: Any) -> None:
+        if isinstance(text, str) and text:
+            st.text.append(text)
+        if isinstance(reasoning, str) and reasoning:
+            st.reasoning.append(reasoning)
+        if delta:
+            if delta.get("role"):
+                st.role = delta["role"]
+            if isinstance(delta.get("refusal"), str):
+                st.refusal.append(delta["refusal"])
+            for tc in delta.get("tool_calls") or ():
+                if not isinstance(tc, dict):
+                    continue
+                cur = st.tool_calls.setdefault(tc.get("index", len(st.tool_calls)),
+                                               {"id": None, "type": "function",
+                                                "function": {"name": "", "arguments": ""}})
+                if tc.get("id"):
+                    cur["id"] = tc["id"]
+                if tc.get("type"):
+                    cur["type"] = tc["type"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    cur["function"]["name"] += fn["name"]
+                if fn.get("arguments"):
+                    cur["function"]["arguments"] += fn["arguments"]
+        lp = ch.get("logprobs")
+        if isinstance(lp, dict):
+            if st.logprobs is None:
+                st.logprobs = {}
+            for k, v in lp.items():
+                if isinstance(v, list):
+                    st.logprobs.setdefault(k, []).extend(v)
+                elif k not in st.logprobs:
+                    st.logprobs[k] = v
+
+    # ------------------------------------------------------------------ state
+    @property
+    def any_cut(self) -> bool:
+        return any(st.cut is not None for st in self.choices.values())
+
+    def all_done(self) -> bool:
+        """Every choice is finished or cut (after a cut: time to close the upstream)."""
+        return len(self.choices) >= self.n and all(st.done for st in self.choices.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        if self.usage and not self.any_cut and isinstance(
+                self.usage.get("completion_tokens"), int):
+            return self.usage["completion_tokens"]
+        return sum(st.tokens for st in self.choices.values())
+
+    def final_usage(self) -> dict[str, Any]:
+        """The upstream's usage when it reported it for a whole answer; after a cut (or
+        from a server that does not report usage), the completion tokens counted here and
+        the prompt tokens only if the upstream gave them."""
+        if self.usage and not self.any_cut:
+            return self.usage
+        pt = (self.usage or {}).get("prompt_tokens")
+        ct = sum(st.tokens for st in self.choices.values())
+        return {"prompt_tokens": pt, "completion_tokens": ct,
+                "total_tokens": pt + ct if isinstance(pt, int) else None}
+
+    def finish_reasons(self) -> list[str]:
+        return [("repetition" if st.cut is not None else st.finish or "unfinished")
+                for _, st in sorted(self.choices.items())]
+
+    # ------------------------------------------------------------------ output
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.meta.get("id") or f"degen-{uuid.uuid4().hex}", "object": obj,
+                "created": self.meta.get("created") or int(time.time()),
+                "model": self.meta.get("model") or self._body.get("model")}
+
+    def cut_chunk(self, index: int) -> dict[str, Any]:
+        """The last chunk of a cut choice: ``finish_reason: "repetition"`` (vLLM's name),
+        the evidence in ``degen``."""
+        st = self.choices[index]
+        if self.chat:
+            choice = {"index": index, "delta": {}, "logprobs": None,
+                      "finish_reason": "repetition"}
+            out = self._head("chat.completion.chunk")
+        else:
+            choice = {"index": index, "text": "", "logprobs": None,
+                      "finish_reason": "repetition"}
+            out = self._head("text_completion")
+        out["choices"] = [choice]
+        out["degen"] = st.cut
+        return out
+
+    def usage_chunk(self) -> dict[str, Any]:
+        out = self._head("chat.completion.chunk" if self.chat else "text_completion")
+        out["choices"] = []
+        out["usage"] = self.final_usage()
+        return out
+
+    def response(self) -> dict[str, Any]:
+        """The whole answer for a client that did not ask for a stream."""
+        choices = []
+        first_cut = None
+        for idx, st in sorted(self.choices.items()):
+            reason = "repetition" if st.cut is not None else st.finish
+            if self.chat:
+                msg: dict[str, Any] = {"role": st.role or "assistant",
+                                       "content": "".join(st.text)
+                                       if st.text or not st.tool_calls else None}
+                if st.reasoning:
+                    msg["reasoning_content"] = "".join(st.reasoning)
+                if st.refusal:
+                    msg["refusal"] = "".join(st.refusal)
+                if st.tool_calls:
+                    msg["tool_calls"] = [st.tool_calls[k] for k in sorted(st.tool_calls)]
+                c: dict[str, Any] = {"index": idx, "message": msg, "logprobs": st.logprobs,
+                                     "finish_reason": reason}
+            else:
+                c = {"index": idx, "text": "".join(st.text), "logprobs": st.logprobs,
+                     "finish_reason": reason}
+            if st.cut is not None:
+                c["degen"] = st.cut
+                first_cut = first_cut or st.cut
+            choices.append(c)
+        out = self._head("chat.completion" if self.chat else "text_completion")
+        out["choices"] = choices
+        out["usage"] = self.final_usage()
+        if self.meta.get("system_fingerprint"):
+            out["system_fingerprint"] = self.meta["system_fingerprint"]
+        if first_cut is not None:
+            out["degen"] = first_cut
+        return out

@@ -1,0 +1,194 @@
+"""The guard's metrics, served at ``/metrics`` in the Prometheus text format (0.0.4),
+written here so the guard needs no client library.
+
+Three kinds: :class:`Counter` (only goes up), :class:`Gauge` and :class:`Histogram`
+(cumulative ``_bucket{le=...}`` series, ``_sum`` and ``_count``), each with optional
+labels. :class:`GuardMetrics` holds the guard's own set; ``render()`` gives the page.
+Updates take a lock, so a metric may be touched from any thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Sequence
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(v: float) -> str:
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if math.isnan(v):
+        return "NaN"
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.labelnames = name, help, tuple(labels)
+        self._lock = threading.Lock()
+
+    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
+        return tuple(str(labels[n]) for n in self.labelnames)
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
+        super().__init__(name, help, labels)
+        self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(self._key(labels), 0.0)
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        return [f"{self.name}{_labels(self.labelnames, k)} {_num(v)}" for k, v in items]
+
+
+class Gauge(Counter):
+    kind = "gauge"
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def dec(self, amount: float = 1.0, **labels: str) -> None:
+        self.inc(-amount, **labels)
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, buckets: Iterable[float],
+                 labels: Sequence[str] = ()) -> None:
+        super().__init__(name, help, labels)
+        self.buckets = tuple(sorted(float(b) for b in buckets))
+        if not self.buckets:
+            raise ValueError("a histogram needs at least one bucket")
+        # per label set: counts per bucket (not cumulative), sum, count
+        self._data: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            counts, total = self._data.setdefault(key, ([0] * len(self.buckets), [0.0, 0.0]))
+            for i, b in enumerate(self.buckets):
+                if value <= b:
+                    counts[i] += 1
+                    break
+            total[0] += value
+            total[1] += 1
+
+    def count(self, **labels: str) -> int:
+        d = self._data.get(self._key(labels))
+        return int(d[1][1]) if d else 0
+
+    def lines(self) -> list[str]:
+        out = []
+        with self._lock:
+            items = sorted((k, (list(c), list(t))) for k, (c, t) in self._data.items())
+        for key, (counts, (total, n)) in items:
+            cum = 0
+            for b, c in zip(self.buckets, counts, strict=True):
+                cum += c
+                out.append(f"{self.name}_bucket{_labels(self.labelnames, key, f'le={_q(b)}')}"
+                           f" {cum}")
+            out.append(f"{self.name}_bucket{_labels(self.labelnames, key, _INF)} {int(n)}")
+            out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_num(total)}")
+            out.append(f"{self.name}_count{_labels(self.labelnames, key)} {int(n)}")
+        return out
+
+
+_INF = 'le="+Inf"'
+
+
+def _q(b: float) -> str:
+    return f'"{_num(b)}"'
+
+
+class GuardMetrics:
+    """The metrics ``degen guard`` keeps (all names start with ``degen_guard_``)."""
+
+    def __init__(self) -> None:
+        p = "degen_guard_"
+        self.requests = Counter(p + "requests_total", "Requests received, by endpoint and "
+                                "whether the client asked for a stream.", ("endpoint", "stream"))
+        self.responses = Counter(p + "responses_total", "Generations answered, by endpoint and "
+                                 "finish reason (repetition: cut by the guard).",
+                                 ("endpoint", "finish_reason"))
+        self.cuts = Counter(p + "cuts_total", "Generations cut, by the kind of degeneration.",
+                            ("kind",))
+        self.detected = Counter(p + "detected_total", "Loops detected, cut or not (with "
+                                "--no-cut the guard only counts them).", ("kind",))
+        self.vetoes = Counter(p + "vetoes_total", "Repeating runs judged legitimate and left "
+                              "alone, by reason (requested, data, counting, markup).",
+                              ("reason",))
+        self.tokens_saved = Counter(p + "tokens_saved_total", "Tokens not generated thanks to "
+                                    "cuts (estimated: the request's max_tokens minus the "
+                                    "tokens generated at the cut).")
+        self.completion_tokens = Counter(p + "completion_tokens_total", "Completion tokens "
+                                         "relayed (from the upstream's usage when it reports "
+                                         "it, else counted chunks).")
+        self.upstream_errors = Counter(p + "upstream_errors_total", "Requests the upstream "
+                                       "failed, by HTTP status (502: unreachable or broken "
+                                       "stream, 504: timeout).", ("status",))
+        self.rejected = Counter(p + "rejected_total", "Requests refused by the guard itself, "
+                                "by status (400 bad JSON, 401 key, 413 too large).",
+                                ("status",))
+        self.disconnects = Counter(p + "client_disconnects_total", "Clients that left before "
+                                   "their answer was complete (the upstream request is "
+                                   "closed).")
+        self.in_flight = Gauge(p + "in_flight", "Requests being answered now.")
+        self.duration = Histogram(p + "request_duration_seconds", "Time from request to the "
+                                  "end of the answer.", LATENCY_BUCKETS, ("endpoint",))
+        self.ttft = Histogram(p + "time_to_first_token_seconds", "Time from request to the "
+                              "first generated text.", TTFT_BUCKETS, ("endpoint",))
+        self.cut_after = Histogram(p + "cut_after_tokens", "Tokens generated when a "
+                                   "generation was cut.", TOKEN_BUCKETS)
+
+    def all(self) -> list[_Metric]:
+        return [v for v in vars(self).values() if isinstance(v, _Metric)]
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for m in self.all():
+            lines += m.header()
+            lines += m.lines()
+        return "\n".join(lines) + "\n"
