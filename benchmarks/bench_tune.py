@@ -39,9 +39,8 @@ from degen.load.runner import run_load
 from degen.load.schedule import Plan
 from degen.progress import Forwarding, Progress, RichProgress
 from degen.prompts import load_prompts
-from degen.stats import wilson_interval
 from degen.tune.space import Dim, SearchSpace, deviation, sampling_params
-from degen.tune.study import TuneConfig, Tuner, paired, params_key, tune
+from degen.tune.study import Measure, TuneConfig, Tuner, paired, params_key, tune
 
 RANGES = {"temperature": (0.2, 1.3), "min_p": (0.0, 0.2), "repetition_penalty": (1.0, 1.3)}
 
@@ -70,13 +69,9 @@ def run_grid(eng: LocalEngine, prompts: list, out: Path, points: int, requests: 
             res = run_load(eng, plan, folder, concurrency=concurrency,
                            resume=(folder / "run.json").exists(),
                            progress=Forwarding(bar, plan.total))
-            cs = res.completions
-            valid = [c for c in cs if not c.is_error]
-            fails = sum(c.is_runaway for c in valid)
-            cells.append({"values": v, "n": len(valid), "failures": fails,
-                          "rate": fails / len(valid) if valid else None,
-                          "ci95": list(wilson_interval(fails, len(valid))),
-                          "tokens": sum(c.completion_tokens or 0 for c in cs)})
+            m = Measure.of(res.completions, ("runaway",))  # no cuts: runaway = at the cap
+            cells.append({"values": v, "n": m.n, "failures": m.failures, "rate": m.rate,
+                          "ci95": list(m.ci95), "tokens": m.tokens})
     best = min(cells, key=lambda c: (c["rate"], deviation(c["values"]),
                                      c["values"]["temperature"]))
     return {"cells": cells, "best": best, "tokens": sum(c["tokens"] for c in cells),

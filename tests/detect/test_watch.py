@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from degen.detect.loop import LoopDetector
-from degen.detect.watch import LoopWatch, prompt_text, requested_count
+from degen.detect.loop import LoopDetector, prompt_text
+from degen.detect.watch import LoopWatch, requested_count
 from degen.errors import InvalidParams
 from degen.records import Completion, SamplingParams
 

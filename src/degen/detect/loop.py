@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,6 +215,28 @@ def legitimate(units: Sequence[Hashable], offsets: Sequence[int], text: str, sta
     return None
 
 
+def prompt_text(messages: Iterable[Mapping[str, Any]] | None = None,
+                prompt: str | Iterable[Any] | None = None) -> str:
+    """The text a request asked with, as LoopDetector reads it: a raw prompt (or the
+    strings of a list of prompts), else every chat message but the assistant's (string
+    contents and the text parts of list contents)."""
+    if isinstance(prompt, str):
+        return prompt
+    if prompt is not None:
+        return " ".join(p for p in prompt if isinstance(p, str))
+    parts: list[str] = []
+    for m in messages or ():
+        if not isinstance(m, Mapping) or m.get("role") == "assistant":
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content
+                         if isinstance(p, Mapping) and p.get("type") == "text")
+    return " ".join(parts)
+
+
 class LoopDetector(Detector):
     """Finds the first exact loop in a completion's text.
 
@@ -233,9 +255,7 @@ class LoopDetector(Detector):
     def __call__(self, completion: Completion) -> Finding | None:
         text = completion.text
         units, offsets = text_units(text)
-        asked = completion.prompt or " ".join(str(m.get("content", ""))
-                                              for m in completion.messages or ()
-                                              if m.get("role") != "assistant")
+        asked = prompt_text(completion.messages, completion.prompt or None)
         prompt_words = _words(text_units(asked)[0])
         pos = 0
         while True:  # the first loop that is not legitimate, scanning past those that are

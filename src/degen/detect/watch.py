@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,28 +102,6 @@ def requested_count(prompt: str) -> int | None:
     return best
 
 
-def prompt_text(messages: Iterable[Mapping[str, Any]] | None = None,
-                prompt: str | Iterable[Any] | None = None) -> str:
-    """The text a request asked with, as LoopDetector reads it: a raw prompt (or the
-    strings of a list of prompts), else every chat message but the assistant's (string
-    contents and the text parts of list contents)."""
-    if isinstance(prompt, str):
-        return prompt
-    if prompt is not None:
-        return " ".join(p for p in prompt if isinstance(p, str))
-    parts: list[str] = []
-    for m in messages or ():
-        if not isinstance(m, Mapping) or m.get("role") == "assistant":
-            continue
-        content = m.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(str(p.get("text", "")) for p in content
-                         if isinstance(p, Mapping) and p.get("type") == "text")
-    return " ".join(parts)
-
-
 @dataclass(slots=True)
 class _Slot:
     """The values one number position of a repeating unit takes, run by run."""
@@ -167,8 +145,8 @@ class LoopWatch:
     """Streaming loop detection with LoopDetector's vetoes. See the module doc.
 
     Args:
-        prompt: what the request asked (see :func:`prompt_text`); requested repetition
-            is judged against it.
+        prompt: what the request asked (see :func:`~degen.detect.loop.prompt_text`);
+            requested repetition is judged against it.
         max_period, min_span, extra: the :class:`~degen.detect.loop.PeriodTracker`'s.
         requested_repeats: repetitions allowed to a phrase the prompt asked for when the
             prompt gives no count; ``margin`` is added to a count it gives.

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from degen.detect.base import Finding
-from degen.detect.watch import LoopWatch, prompt_text
+from degen.detect.loop import prompt_text
+from degen.detect.watch import LoopWatch
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
