@@ -257,3 +257,33 @@ def test_guard_cuts_a_looping_row_early_and_leaves_others_alone() -> None:
     assert c_loop.completion_tokens < 100
     assert c_loop.extra["cut"]["kind"] == "loop" and c_loop.extra["cut"]["evidence"]["period"]
     assert c_fine.finish_reason == "stop"
+
+
+def test_guard_leaves_a_requested_count_alone() -> None:
+    """Counting lines repeat their shape ("N. N") but not their numbers: the guard's
+    vetoes (data rows) let the list run to its end."""
+    eng = LocalEngine(batch_size=2, guard=True)
+    count = Request("count", "x", SamplingParams(temperature=0, max_tokens=200),
+                    messages=({"role": "user", "content": "Count from 1 to 40, one number "
+                               "per line."},))
+    try:
+        c = eng.complete(count)
+    finally:
+        eng.close()
+    assert c.finish_reason == "stop" and "19. 19" in c.text, (c.finish_reason, c.text[:200])
+
+
+@pytest.mark.parametrize("text", ["Café ☕ naïve — 日本語 🎉 done.\n\n  x = [1, 2]",
+                                  "  leading spaces and\ttabs\n"])
+def test_incremental_detokenizing_rebuilds_the_text(text: str) -> None:
+    """The guard reads text deltas token by token: they join up to the whole decode,
+    multi-byte characters split over tokens included."""
+    from degen.engines.local import _Detok
+
+    eng = LocalEngine()
+    eng.load()
+    ids = eng._tok.encode(text, add_special_tokens=False)
+    d = _Detok(eng._tok)
+    deltas = [d.delta(ids[:i + 1]) for i in range(len(ids))]
+    assert "".join(deltas) == eng._tok.decode(ids) == text
+

@@ -187,6 +187,34 @@ def test_streaming_records_time_to_first_token_and_usage() -> None:
     assert "completion_tokens_estimated" not in c.extra
 
 
+def test_guard_cuts_a_looping_stream_and_closes_the_connection() -> None:
+    with ScriptedServer(["loop"], interval_s=0.0) as srv:
+        c = engine(srv, stream=True, guard=True).complete(req(max_tokens=4000))
+        deadline = time.monotonic() + 2
+        while not srv.closed_at and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.closed_at  # the upstream request was abandoned, not read to the end
+    assert c.finish_reason == "repetition" and c.is_failure
+    cut = c.extra["cut"]
+    assert cut["kind"] == "loop"
+    assert cut["evidence"]["period"] == 7  # "The cat sat on the mat ." (a rotation)
+    assert "The cat sat on the mat" in cut["evidence"]["unit_text"]
+    assert c.text.count("The cat sat on the mat.") < 10
+
+
+def test_guard_leaves_what_the_prompt_asked_for_alone() -> None:
+    """The engine's guard has the batch detector's vetoes: a repetition the prompt asked
+    for, with its count, is not a loop; the same text unasked for is."""
+    said = "I will not talk in class. " * 12
+    asked = Request("r1", "p1", SamplingParams(), messages=(
+        {"role": "user", "content": "Write 'I will not talk in class.' 12 times."},))
+    with ScriptedServer(["echo"], echo_text=said) as srv:
+        eng = engine(srv, stream=True, guard=True)
+        c_asked, c_not = eng.complete(asked), eng.complete(req())
+    assert c_asked.finish_reason == "stop" and c_asked.text == said
+    assert c_not.finish_reason == "repetition"
+
+
 def test_bad_options() -> None:
     with pytest.raises(InvalidParams, match="dialect must be one of"):
         OpenAIEngine("http://127.0.0.1:1/v1", dialect="tgi")

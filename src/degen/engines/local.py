@@ -10,9 +10,11 @@ How a batch is kept (the pitfalls of seed 001 and seed 002, done right):
   one shared ``input_len``.
 - A row stops on **every** end id the model declares (tokenizer, generation config,
   config), on a stop string, or at ``max_tokens``/the context (``"length"``).
-  With ``guard=True`` each row also feeds its tokens to a streaming loop detector
-  and stops on its own as soon as a loop is confirmed (``"repetition"``, the
-  finding in ``extra["cut"]``): a loop costs tens of tokens instead of ``max_tokens``.
+  With ``guard=True`` each row's text, detokenized as it grows, also feeds a
+  :class:`~degen.detect.watch.LoopWatch` (the streaming loop detector with the batch
+  detector's vetoes: requested repetition, data rows, counting) and the row stops on
+  its own as soon as a loop is confirmed (``"repetition"``, the finding in
+  ``extra["cut"]``): a loop costs tens of tokens instead of ``max_tokens``.
 - **Continuous batching**: a row that finishes leaves the batch at once and a
   waiting request is prefilled and merged in (its KV cache left-padded to the
   batch's length), so one runaway never holds the others up. Models whose cache
@@ -40,6 +42,30 @@ from degen.errors import InvalidParams, ModelNotFound
 from degen.records import Completion, Request, Timings
 
 
+class _Detok:
+    """Text deltas of a growing list of token ids, decoded a few tokens at a time.
+
+    Decoding one token alone is wrong for byte-level and SentencePiece vocabularies
+    (a leading space, or a character split over tokens), so each call decodes from a
+    few tokens back and returns only the new text; a delta ending in an incomplete
+    character (U+FFFD) is held until the next token completes it.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._prefix = 0  # tokens before this are already in the text
+        self._read = 0  # tokens up to this are in the text returned so far
+
+    def delta(self, ids: list[int]) -> str:
+        tok = self._tok
+        before = tok.decode(ids[self._prefix:self._read], skip_special_tokens=True)
+        now = tok.decode(ids[self._prefix:], skip_special_tokens=True)
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(ids)
+        return now[len(before):]
+
+
 @dataclass(eq=False)
 class _Row:
     req: Request
@@ -53,7 +79,8 @@ class _Row:
     ngrams: dict[tuple[int, ...], set[int]] | None = None
     stop_hit: str | None = None
     entropy: list[float] = field(default_factory=list)
-    detector: Any = None  # StreamingLoopDetector when the engine guards
+    detector: Any = None  # a LoopWatch when the engine guards
+    detok: _Detok | None = None  # its text deltas
 
 
 class LocalEngine(Engine):
@@ -278,9 +305,11 @@ class _Batch:
             gen = torch.Generator(device=e._device).manual_seed(seed)
             row = _Row(req, fut, ids, min(req.params.max_tokens, room), gen, started)
             if e.guard:
-                from degen.detect.loop import StreamingLoopDetector
+                from degen.detect.loop import prompt_text
+                from degen.detect.watch import LoopWatch
 
-                row.detector = StreamingLoopDetector()
+                row.detector = LoopWatch(prompt_text(req.messages, req.prompt))
+                row.detok = _Detok(e._tok)
             n = req.params.no_repeat_ngram_size
             if n > 0:
                 row.ngrams = {}
@@ -395,8 +424,8 @@ class _Batch:
             if r.first_token_at is None:
                 r.first_token_at = now
             r.gen.append(t)
-            if r.detector is not None:
-                r.detector.feed_token(t)
+            if r.detector is not None and r.detok is not None and t not in self.e._stop_ids:
+                r.detector.feed(r.detok.delta(r.gen))
             if ents is not None:
                 r.entropy.append(round(ents[k], 4))
             n = r.req.params.no_repeat_ngram_size

@@ -342,9 +342,10 @@ class OpenAIEngine(Engine):
         cut: dict[str, Any] | None = None
         detector = None
         if self.guard:
-            from degen.detect.loop import StreamingLoopDetector
+            from degen.detect.loop import prompt_text
+            from degen.detect.watch import LoopWatch
 
-            detector = StreamingLoopDetector()
+            detector = LoopWatch(prompt_text(body.get("messages"), body.get("prompt")))
         try:
             with self._client.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
@@ -373,7 +374,7 @@ class OpenAIEngine(Engine):
                                 first = time.time()
                             parts.append(piece)
                             chunks += 1
-                            if detector is not None and detector.feed_text(piece) is not None:
+                            if detector is not None and detector.feed(piece) is not None:
                                 cut = detector.finding.to_dict()
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]

@@ -49,19 +49,21 @@ class ScriptedServer:
         loop_prefix, loop_unit: ``loop`` streams the prefix's words, then the unit's
             words over and over (until ``max_chunks``, then ``finish_reason: length``).
         fast_chunks: chunks ``fast`` sends.
+        echo_text: what ``echo`` streams when the request has no ``echo`` field.
     """
 
     def __init__(self, script: list[str], owned_by: str = "scripted",
                  hang_s: float = 5.0, interval_s: float = 0.01,
                  loop_prefix: str = "Once upon a time there was a cat.",
                  loop_unit: str = "The cat sat on the mat.", max_chunks: int = 5000,
-                 fast_chunks: int = 32) -> None:
+                 fast_chunks: int = 32, echo_text: str = OK_TEXT) -> None:
         self.script = list(script)
         self.owned_by = owned_by
         self.hang_s = hang_s
         self.interval_s = interval_s
         self.loop_prefix, self.loop_unit = loop_prefix, loop_unit
         self.max_chunks, self.fast_chunks = max_chunks, fast_chunks
+        self.echo_text = echo_text
         self.bodies: list[dict[str, Any]] = []
         self.auths: list[str | None] = []
         self.closed_at: list[float] = []
@@ -233,7 +235,7 @@ class ScriptedServer:
 
             def do_echo(self, stream: bool) -> None:
                 """Streams the request's ``echo`` text back a few characters at a time."""
-                text = str(self.body.get("echo", OK_TEXT))
+                text = str(self.body.get("echo", server.echo_text))
                 self._start_sse()
                 try:
                     for i in range(0, len(text), 3):
