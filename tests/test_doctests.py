@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["degen.detect.loop", "degen.detect.watch",
-                                    "degen.engines.base"])
+                                    "degen.engines.base", "degen.arch", "degen.memory"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

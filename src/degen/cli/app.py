@@ -13,6 +13,7 @@ import sys
 import typer
 
 from degen.cli import guard as guard_cmd
+from degen.cli import memory as memory_cmd
 from degen.cli import profile as profile_cmd
 from degen.cli import run as run_cmd
 from degen.cli import scan as scan_cmd
@@ -33,6 +34,7 @@ app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile_cmd)
 app.command("tune", help=tune_cmd.HELP)(tune_cmd.tune)
 app.command("report", help=tune_cmd.REPORT_HELP)(tune_cmd.report_cmd)
 app.command("guard", help=guard_cmd.HELP)(guard_cmd.guard)
+app.command("memory", help=memory_cmd.HELP)(memory_cmd.memory)
 
 
 @app.callback(invoke_without_command=True)
