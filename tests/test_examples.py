@@ -48,3 +48,15 @@ def test_readme_main_job_runs_to_a_report(tmp_path: Path) -> None:
     out = r.stdout.strip().splitlines()
     assert out[-1] == "report: runs/tune/report.html" and "failure rate" in out[0]
     assert (tmp_path / "runs" / "tune" / "report.html").is_file()
+
+
+def test_readme_memory_example_is_what_the_command_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    part = readme.split("## `degen doctor` and `degen memory`")[1]
+    cmd = next(ln for ln in part.split("```bash")[1].splitlines()
+               if ln.startswith("degen memory"))
+    argv = [str(Path(sys.executable).with_name("degen")), *cmd.split("#")[0].split()[1:]]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    shown = part.split("`memory` counts")[1].split("```")[1].strip("\n").splitlines()
+    assert len(shown) > 10 and all(line in r.stdout.splitlines() for line in shown)

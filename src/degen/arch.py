@@ -151,6 +151,12 @@ class Arch:
         else:
             windows = (None,) * layers
         attn_bias = bool(cfg.get("attention_bias", False))
+        rope = cfg.get("rope_scaling")  # transformers 5 writes rope_parameters instead
+        params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"),
+                                                          Mapping) else {}
+        if not isinstance(rope, Mapping) and params.get("rope_type", "default") != "default":
+            rope = params
+        theta = cfg.get("rope_theta") or params.get("rope_theta")
         return cls(
             name=name or mt, model_type=mt, vocab=vocab, hidden=hidden, layers=layers,
             heads=heads, kv_heads=kv, head_dim=head_dim, intermediate=inter,
@@ -161,9 +167,8 @@ class Arch:
             mlp_bias=encoder or bool(cfg.get("mlp_bias", False)),
             qk_norm=mt in _QK_NORM, norms_per_layer=_NORMS_PER_LAYER.get(mt, 2),
             layernorm=encoder, encoder=encoder, type_vocab=int(cfg.get("type_vocab_size") or 0),
-            windows=windows, rope_theta=cfg.get("rope_theta"),
-            rope_scaling=dict(cfg["rope_scaling"]) if isinstance(cfg.get("rope_scaling"),
-                                                                  Mapping) else None,
+            windows=windows, rope_theta=theta,
+            rope_scaling=dict(rope) if isinstance(rope, Mapping) else None,
             source=source,
         )
 

@@ -257,8 +257,9 @@ def render(m: Estimate) -> str:
               f"{dtype_bytes(m.kv_dtype):g} bytes)",
               f"  at {m.context:,} tokens: {human_bytes(m.kv_bytes_at_context)} per sequence"]
     if m.gpu_mem is not None:
-        lines += ["", f"on a {human_bytes(m.gpu_mem)} GPU at {m.utilization:.0%} utilization: "
-                      f"{human_bytes(max(m.free_for_kv or 0, 0))} left for the KV cache"]
+        lines += ["", f"with {human_bytes(m.gpu_mem)} of GPU memory at {m.utilization:.0%} "
+                      f"utilization: {human_bytes(max(m.free_for_kv or 0, 0))} left for the "
+                      "KV cache"]
         if m.free_for_kv and m.free_for_kv > 0:
             fill = m.runaway_tokens_to_fill
             lines.append(f"  {m.sequences_at_context:,} full-context sequences fit "

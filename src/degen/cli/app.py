@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from degen.cli import doctor as doctor_cmd
 from degen.cli import guard as guard_cmd
 from degen.cli import memory as memory_cmd
 from degen.cli import profile as profile_cmd
@@ -35,6 +36,7 @@ app.command("tune", help=tune_cmd.HELP)(tune_cmd.tune)
 app.command("report", help=tune_cmd.REPORT_HELP)(tune_cmd.report_cmd)
 app.command("guard", help=guard_cmd.HELP)(guard_cmd.guard)
 app.command("memory", help=memory_cmd.HELP)(memory_cmd.memory)
+app.command("doctor", help=doctor_cmd.HELP)(doctor_cmd.doctor)
 
 
 @app.callback(invoke_without_command=True)
