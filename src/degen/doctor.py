@@ -402,10 +402,10 @@ def check_eot_penalty(p: _Pipeline, what_if: float = 1.3) -> Check:
     if not in_prompt:
         return Check(name, "pass", f"the prompt holds no {p.name(eot)}: a penalty over the "
                      "prompt cannot reach it", data={"end_of_turn": eot})
+    pad = eot if p.tok.pad_token_id is None else p.tok.pad_token_id
     with torch.inference_mode():
         out = p.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                               max_new_tokens=64, eos_token_id=[eot],
-                               pad_token_id=p.tok.pad_token_id or eot,
+                               max_new_tokens=64, eos_token_id=[eot], pad_token_id=pad,
                                top_k=None, top_p=None, temperature=None)
         gen = out[0, ids.shape[1]:].tolist()
         if eot not in gen:
