@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from degen.engines import hf
+
 STATUSES = ("pass", "warn", "fail", "skip")
 SAMPLING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p",
                  "repetition_penalty", "no_repeat_ngram_size", "presence_penalty",
@@ -95,16 +97,14 @@ class _Pipeline:
     def name(self, i: int) -> str:
         return f"{self.tok.convert_ids_to_tokens(i)} ({i})"
 
-    def stop_ids(self) -> dict[str, list[int]]:
-        """End ids by where they are declared."""
-        def ids(v: Any) -> list[int]:
-            if isinstance(v, bool) or v is None:
-                return []
-            return [v] if isinstance(v, int) else [x for x in v if isinstance(x, int)]
+    @property
+    def has_template(self) -> bool:
+        return bool(getattr(self.tok, "chat_template", None))
 
-        return {"tokenizer": ids(self.tok.eos_token_id),
-                "generation_config": ids(self.gen_config.get("eos_token_id")),
-                "config": ids(self.config.get("eos_token_id"))}
+    def prompts(self) -> list[str]:
+        """:data:`PROMPTS` as the model would see them (templated when it can be)."""
+        return [self.render([{"role": "user", "content": q}], True) if self.has_template
+                else q for q in PROMPTS]
 
     def render(self, messages: list[dict[str, str]], gen: bool) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False,
@@ -125,8 +125,6 @@ def load_pipeline(model: str | Path | None) -> _Pipeline:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from degen.engines import hf
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -174,7 +172,7 @@ def diagnose(model: str | Path | None = None, *, repetition_penalty: float = 1.3
 
 def check_template(p: _Pipeline) -> Check:
     name = "chat template"
-    if not getattr(p.tok, "chat_template", None):
+    if not p.has_template:
         return Check(name, "fail", "the tokenizer has no chat template: prompts reach the "
                      "model as raw text, and an instruct model then rarely ends its turn "
                      "(seed 001)",
@@ -212,13 +210,12 @@ def end_of_turn(p: _Pipeline) -> tuple[int | None, str]:
 
 def check_end_of_turn(p: _Pipeline) -> Check:
     name = "end of turn"
-    if not getattr(p.tok, "chat_template", None):
+    if not p.has_template:
         return Check(name, "skip", "no chat template, so no end-of-turn token to check")
     eot, tail = end_of_turn(p)
-    stops = p.stop_ids()
-    every = sorted({i for v in stops.values() for i in v})
+    every = sorted(hf.stop_token_ids(p.model, p.tok))  # tokenizer, generation config, config
     shown = ", ".join(p.name(i) for i in every) or "none"
-    data = {"end_of_turn": eot, "stop_ids": stops, "after_answer": tail}
+    data = {"end_of_turn": eot, "stop_ids": every, "after_answer": tail}
     if eot is None:
         return Check(name, "warn", f"the template ends an assistant turn with {tail!r}, "
                      "no special token: the model can only stop on a stop string",
@@ -234,16 +231,13 @@ def check_end_of_turn(p: _Pipeline) -> Check:
 
 
 def check_padding(p: _Pipeline, new_tokens: int) -> Check:
-    from degen.engines import hf
-
     name = "padding"
     tok, model = p.tok, p.model
     if tok.pad_token_id is None:
         return Check(name, "fail", "no pad token: batched generation cannot pad prompts of "
                      "different lengths", "set pad_token (the EOS token is a common choice "
                      "when the attention mask is passed)")
-    texts = [p.render([{"role": "user", "content": q}], True) if tok.chat_template else q
-             for q in PROMPTS]
+    texts = p.prompts()
     alone = [hf.static_batch_generate(model, tok, [t], padding_side="left",
                                       max_new_tokens=new_tokens)[0] for t in texts]
     left = hf.static_batch_generate(model, tok, texts, padding_side="left",
@@ -292,8 +286,7 @@ def check_pad_attention(p: _Pipeline) -> Check:
     tok, model = p.tok, p.model
     if tok.pad_token_id is None:
         return Check(name, "skip", "no pad token (see padding)")
-    texts = [p.render([{"role": "user", "content": q}], True) if tok.chat_template else q
-             for q in PROMPTS]
+    texts = p.prompts()
     old = tok.padding_side
     tok.padding_side = "left"
     try:
@@ -388,7 +381,7 @@ def check_eot_penalty(p: _Pipeline, what_if: float = 1.3) -> Check:
     from transformers import RepetitionPenaltyLogitsProcessor
 
     name = "penalty on EOT"
-    if not getattr(p.tok, "chat_template", None):
+    if not p.has_template:
         return Check(name, "skip", "no chat template, so no end-of-turn token to check")
     eot, _ = end_of_turn(p)
     if eot is None:

@@ -389,22 +389,38 @@ class OpenAIEngine(Engine):
                 "first_token_at": first, "chunks": chunks, "cut": cut}
 
 
-def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:
-    """The ``data:`` payloads of a server-sent event stream (multi-line events joined)."""
-    buf: list[str] = []
-    for line in lines:
+class SSEData:
+    """The ``data:`` payloads of a server-sent event stream, fed one line at a time:
+    :meth:`feed` returns a payload when a blank line ends an event (multi-line data
+    joined), :meth:`end` the last one of a stream that stops without a blank line.
+    Comments and other fields (``event:``, ``id:``, ``retry:``) carry no chunk."""
+
+    def __init__(self) -> None:
+        self._buf: list[str] = []
+
+    def feed(self, line: str) -> str | None:
         if line == "":
-            if buf:
-                yield "\n".join(buf)
-                buf = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            buf.append(value[1:] if value.startswith(" ") else value)
-    if buf:
-        yield "\n".join(buf)
+            return self.end()
+        if not line.startswith(":"):
+            field, _, value = line.partition(":")
+            if field == "data":
+                self._buf.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def end(self) -> str | None:
+        if not self._buf:
+            return None
+        payload, self._buf = "\n".join(self._buf), []
+        return payload
+
+
+def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:
+    events = SSEData()
+    for line in lines:
+        if (payload := events.feed(line)) is not None:
+            yield payload
+    if (payload := events.end()) is not None:
+        yield payload
 
 
 def _error_detail(r: httpx.Response) -> str:

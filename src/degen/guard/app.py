@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from degen.engines.openai import SSEData
 from degen.guard.config import GuardConfig
 from degen.guard.exchange import CHAT, COMPLETIONS, Exchange
 from degen.guard.metrics import CONTENT_TYPE, GuardMetrics
@@ -108,20 +109,13 @@ class _Reject(Exception):
 
 
 async def _sse_payloads(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream (multi-line events joined)."""
-    buf: list[str] = []
+    """The ``data:`` payloads of a server-sent event stream (see :class:`SSEData`)."""
+    events = SSEData()
     async for line in lines:
-        if not line:
-            if buf:
-                yield "\n".join(buf)
-                buf = []
-            continue
-        if line.startswith("data:"):
-            value = line[5:]
-            buf.append(value[1:] if value.startswith(" ") else value)
-        # comments (":") and other fields (event:, id:, retry:) carry no chunk
-    if buf:
-        yield "\n".join(buf)
+        if (payload := events.feed(line)) is not None:
+            yield payload
+    if (payload := events.end()) is not None:
+        yield payload
 
 
 async def _read_limited(resp: httpx.Response, limit: int) -> bytes:
