@@ -1,7 +1,8 @@
 """Progress display for long jobs: a rich bar on stderr, or nothing.
 
 The runner only calls :meth:`Progress.update` with each completion; what is shown
-(done/total, failures so far, errors, tok/s) is decided here.
+(done/total, failures so far, errors, tok/s) is decided here. ``degen scan`` calls
+:meth:`VerdictProgress.update` with each verdict instead.
 """
 
 from __future__ import annotations
@@ -109,6 +110,67 @@ class RichProgress(Progress):
                          errors=self.errors, tok_s=self.tok_s)
 
     def __enter__(self) -> RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+
+class VerdictProgress:
+    """Progress of a scan, fed verdicts (``degen scan``): counts, shows nothing."""
+
+    def __init__(self, total: int | None, description: str = "completions") -> None:
+        self.total = total
+        self.description = description
+        self.done = 0
+        self.degenerate = 0
+
+    def update(self, verdict: dict[str, Any]) -> None:
+        self.done += 1
+        self.degenerate += bool(verdict["degenerate"])
+        self._refresh()
+
+    def _refresh(self) -> None:
+        pass
+
+    def __enter__(self) -> VerdictProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class RichVerdictProgress(VerdictProgress):
+    """A rich bar on stderr. It leaves stdout alone (no redirection), so verdicts
+    written there are not routed through the bar's console."""
+
+    def __init__(self, total: int | None, description: str = "completions",
+                 console: Any = None) -> None:
+        super().__init__(total, description)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as _P
+
+        self._bar: Any = _P(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("degenerate [red]{task.fields[degenerate]}[/]"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console or Console(stderr=True), transient=False,
+            redirect_stdout=False, redirect_stderr=False,
+        )
+        self._task = self._bar.add_task(description, total=total, degenerate=0)
+
+    def _refresh(self) -> None:
+        self._bar.update(self._task, completed=self.done, degenerate=self.degenerate)
+
+    def __enter__(self) -> RichVerdictProgress:
         self._bar.start()
         return self
 

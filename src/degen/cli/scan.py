@@ -1,45 +1,76 @@
-"""``degen scan FILE``: run every detector over completions in a JSONL file."""
+"""``degen scan FILE``: run every detector over completions in a file, in order."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-HELP = """Judge completions in a JSONL file: runaway, loop, spacing, gibberish.
+if TYPE_CHECKING:
+    from degen.detect.inputs import Source
+    from degen.progress import VerdictProgress
 
-Reads degen records, any JSONL with a "text" field (optional "id", "prompt",
-"finish_reason"), or OpenAI completion response objects. By default prints the rate
-of each kind with its Wilson 95% interval; --format jsonl prints one verdict per
-input line, in input order: {"id", "degenerate", "kinds", "findings", "metrics"}."""
+HELP = """Judge completions in a file: runaway, loop, spacing, gibberish.
+
+Reads JSONL (degen records, any object with a "text" field and optional "id",
+"prompt", "finish_reason", or OpenAI completion response objects) or a vLLM benchmark
+result (vllm bench serve --save-result --save-detailed; failed requests are skipped
+and counted). By default prints the rate of each kind with its Wilson 95% interval;
+--format jsonl prints one verdict per completion, in input order: {"id",
+"degenerate", "kinds", "findings", "metrics"}. --jobs N judges in N worker processes
+(0: one per CPU core); the order and the output are the same."""
 
 
 def scan(
-    file: Annotated[Path, typer.Argument(help="JSONL file to scan.", show_default=False)],
+    file: Annotated[Path, typer.Argument(help="JSONL file or vLLM result to scan.",
+                                         show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or jsonl.")] = "table",
     detectors: Annotated[str, typer.Option(help="Comma-separated detector names.")] =
         "runaway,loop,spacing,gibberish",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help=(
+        "Worker processes: 1 judges in this process, 0 one per CPU core."))] = 1,
 ) -> None:
-    from degen.detect.inputs import read_completions
-    from degen.detect.verdict import default_detectors, judge, kind_rates
+    from contextlib import closing
+
+    from degen.detect.inputs import open_completions
+    from degen.detect.scan import KindTally, resolve_jobs, scan_file
+    from degen.detect.verdict import default_detectors
     from degen.errors import UsageError
 
     if fmt not in ("table", "jsonl"):
         raise UsageError(f"--format must be table or jsonl, got {fmt!r}")
     kinds = tuple(k.strip() for k in detectors.split(",") if k.strip())
-    dl = default_detectors(kinds)
-    comps = list(read_completions(file))  # all lines checked before any output
-    verdicts = []
-    for c in comps:
-        v = judge(c, dl)
-        verdicts.append(v)
-        if fmt == "jsonl":
-            sys.stdout.write(json.dumps(v, ensure_ascii=False) + "\n")
+    default_detectors(kinds)  # an unknown name fails before the file is read
+    resolve_jobs(jobs)
+    src = open_completions(file)
+    total = src.check() if fmt == "jsonl" else None  # every line checked before any output
+    out, tally = sys.stdout, KindTally(kinds)
+    with _progress(src, total, fmt) as bar, closing(scan_file(src, kinds, jobs)) as verdicts:
+        for v in verdicts:
+            tally.add(v)
+            bar.update(v)
+            if fmt == "jsonl":
+                _write(out, v)
     if fmt == "table":
-        print_rates(kind_rates(verdicts, kinds), file)
+        print_rates(tally.rates(), file)
+    if src.skipped_note:
+        typer.echo(f"note: {src.skipped_note}", err=True)
+
+
+def _write(out: TextIO, verdict: dict[str, Any]) -> None:
+    out.write(json.dumps(verdict, ensure_ascii=False) + "\n")
+
+
+def _progress(src: Source, total: int | None, fmt: str) -> VerdictProgress:
+    """A bar on stderr when it is a terminal, and stdout is not one showing verdicts."""
+    from degen.progress import RichVerdictProgress, VerdictProgress
+
+    if not sys.stderr.isatty() or (fmt == "jsonl" and sys.stdout.isatty()):
+        return VerdictProgress(total)
+    return RichVerdictProgress(total if total is not None else src.count())
 
 
 def print_rates(rates: dict[str, dict], source: Path) -> None:
