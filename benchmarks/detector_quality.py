@@ -1,65 +1,130 @@
-"""Precision and recall of each detector on the labelled corpus in tests/corpus.
+"""Precision and recall of the watch on the labelled texts (benchmarks/corpus.py).
 
-    .venv/bin/python -m benchmarks.detector_quality [--json F]
+For each set (the dev set beside the checkout, tests/corpus, both) and each label:
+precision and recall of "degenerate" (any kind found) and of each kind, with Wilson 95%
+intervals; the texts on the wrong side; and whether a streamed verdict (the text fed in
+random pieces of 1-8 characters, as a server streams it) agrees with the batch verdict.
+With ``--logprobs FILE`` (benchmarks.rescore's output) the texts are also judged with
+their tokens' log-probabilities, fed token by token.
+
+    .venv/bin/python -m benchmarks.detector_quality [--logprobs F] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
+from typing import Any
 
-from degen.detect.quality import score
-from degen.detect.verdict import default_detectors
-from degen.records import Completion, SamplingParams
-
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "corpus"
-KINDS = ("loop", "spacing", "gibberish")
+from benchmarks.corpus import load
+from degen.detect.watch import KINDS, Watch, watch_text
+from degen.stats import wilson_interval
 
 
-def load_examples(corpus: Path = CORPUS) -> list[tuple[Completion, set[str]]]:
-    """Model texts with the reader's labels, then the legitimately repetitive texts."""
-    raw = [json.loads(line) for line in (corpus / "bundled_raw.jsonl").read_text().splitlines()]
-    labels = [json.loads(line) for line in
-              (corpus / "bundled_labels.jsonl").read_text().splitlines()]
-    legit = [json.loads(line) for line in
-             (corpus / "legit_repetitive.jsonl").read_text().splitlines()]
-    if [r["id"] for r in raw] != [lab["id"] for lab in labels]:
-        raise ValueError("bundled_labels.jsonl does not follow bundled_raw.jsonl line by line")
-    out = []
-    for r, lab in zip(raw, labels, strict=True):
-        c = Completion(r["id"], r["prompt_id"], SamplingParams(), finish_reason="stop",
-                       text=r["text"], prompt=r["prompt"])
-        out.append((c, set(lab["labels"])))
-    for t in legit:
-        c = Completion(t["id"], t["id"], SamplingParams(), finish_reason="stop", text=t["text"],
-                       prompt=t["prompt"])
-        out.append((c, set(t["labels"])))
+def streamed(text: str, prompt: str, seed: int) -> dict[str, Any]:
+    """The watch fed ``text`` in random pieces, then finished (as the guard reads it)."""
+    rng = random.Random(seed)
+    w = Watch(prompt)
+    i = 0
+    while i < len(text):
+        k = rng.randint(1, 8)
+        w.feed(text[i:i + k])
+        i += k
+    return w.finish()
+
+
+def with_logprobs(tokens: list[list[Any]], prompt: str) -> dict[str, Any]:
+    w = Watch(prompt)
+    for piece, lp in tokens:
+        w.feed(piece, [lp])
+    return w.finish()
+
+
+def rate(k: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson_interval(k, n)
+    return {"value": k / n if n else None, "k": k, "n": n, "ci95": [round(lo, 3), round(hi, 3)]}
+
+
+def score(rows: list[dict[str, Any]], found: list[dict[str, Any]]) -> dict[str, Any]:
+    """Degenerate and per-kind precision/recall, and the texts on the wrong side."""
+    flagged = [bool(f) for f in found]
+    truth = [r["degenerate"] for r in rows]
+    tp = sum(f and t for f, t in zip(flagged, truth, strict=True))
+    out: dict[str, Any] = {
+        "texts": len(rows),
+        "degenerate": {"precision": rate(tp, sum(flagged)), "recall": rate(tp, sum(truth))},
+        "false_positives": [r["id"] for r, f in zip(rows, flagged, strict=True)
+                            if f and not r["degenerate"]],
+        "missed": {}, "kinds": {},
+    }
+    for r, f in zip(rows, flagged, strict=True):
+        if r["degenerate"] and not f:
+            out["missed"].setdefault(r["label"], []).append(r["id"])
+    for kind in KINDS:
+        said = [kind in f for f in found]
+        real = [r["kind"] == kind for r in rows]
+        # a kind's precision: of the texts it was said of, how many are degenerate at all
+        # (a babble text whose worst stretch also glues words is not a false alarm)
+        ok = sum(s and r["degenerate"] for s, r in zip(said, rows, strict=True))
+        hit = sum(s and t for s, t in zip(said, real, strict=True))
+        out["kinds"][kind] = {"precision": rate(ok, sum(said)),
+                              "recall": rate(hit, sum(real))}
     return out
 
 
-def _fmt(v: float | None, ci: list[float]) -> str:
-    return "-" if v is None else f"{v:.2f} ({ci[0]:.2f}-{ci[1]:.2f})"
+def _fmt(r: dict[str, Any]) -> str:
+    if r["value"] is None:
+        return "-"
+    return f"{r['value']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}, {r['k']}/{r['n']})"
+
+
+def report(name: str, res: dict[str, Any]) -> None:
+    d = res["degenerate"]
+    print(f"{name}: {res['texts']} texts; degenerate precision {_fmt(d['precision'])}, "
+          f"recall {_fmt(d['recall'])}")
+    for kind, r in res["kinds"].items():
+        print(f"    {kind:<10} precision {_fmt(r['precision']):<28} recall {_fmt(r['recall'])}")
+    if res["false_positives"]:
+        print(f"    false positives: {', '.join(res['false_positives'])}")
+    for label, ids in res["missed"].items():
+        print(f"    missed {label} ({len(ids)}): {', '.join(ids)}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--logprobs", type=Path)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    ex = load_examples()
-    res = score(ex, default_detectors(KINDS), KINDS)
-    print(f"{len(ex)} labelled texts")
-    print(f"{'kind':<10} {'tp':>3} {'fp':>3} {'fn':>3}  precision            recall")
-    for k, r in res.items():
-        prec = _fmt(r["precision"], r["precision_ci95"])
-        rec = _fmt(r["recall"], r["recall_ci95"])
-        print(f"{k:<10} {r['tp']:>3} {r['fp']:>3} {r['fn']:>3}  {prec:<20} {rec}")
-        if r["false_positives"]:
-            print(f"           false positives: {', '.join(r['false_positives'])}")
-        if r["false_negatives"]:
-            print(f"           missed: {', '.join(r['false_negatives'])}")
+    rows = load()
+    batch = [watch_text(r["text"], r["prompt"]) for r in rows]
+    out: dict[str, Any] = {}
+    groups = {"dev": ("dev",), "tests/corpus": ("bundled", "legit", "hard"),
+              "all": ("dev", "bundled", "legit", "hard")}
+    for name, sets in groups.items():
+        idx = [i for i, r in enumerate(rows) if r["set"] in sets]
+        if not idx:
+            continue
+        out[name] = score([rows[i] for i in idx], [batch[i] for i in idx])
+        report(name, out[name])
+    stream = [streamed(r["text"], r["prompt"], i) for i, r in enumerate(rows)]
+    agree = sum(bool(s) == bool(b) for s, b in zip(stream, batch, strict=True))
+    out["stream_batch_agreement"] = rate(agree, len(rows))
+    print(f"streamed in random pieces vs batch, same verdict: "
+          f"{_fmt(out['stream_batch_agreement'])}")
+    if a.logprobs:
+        with a.logprobs.open() as f:
+            lp = {r["id"]: r["tokens"] for r in map(json.loads, f)}
+        idx = [i for i, r in enumerate(rows) if r["id"] in lp]
+        sub = [rows[i] for i in idx]
+        found = [with_logprobs(lp[r["id"]], r["prompt"]) for r in sub]
+        out["with_logprobs"] = {"all": score(sub, found)}
+        report("with log-probabilities", out["with_logprobs"]["all"])
+        out["text_only_same_texts"] = score(sub, [batch[i] for i in idx])
+        report("text only, same texts", out["text_only_same_texts"])
     if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
+        a.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

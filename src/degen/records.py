@@ -20,9 +20,10 @@ Semantics worth pinning down (engines follow these; see docs/parameters.md):
 - ``top_k`` 0, ``top_p`` 1, ``min_p`` 0, ``no_repeat_ngram_size`` 0 turn each off.
 - ``finish_reason`` is ``"stop"`` (an end token or a stop string), ``"length"``
   (``max_tokens`` or the context ran out: a runaway), ``"repetition"`` (cut early
-  because the streaming loop detector confirmed a loop: vLLM's name for the same
-  thing) or ``"error"`` (the request failed; never counted as a runaway). A
-  *failure* is a runaway or a cut.
+  because the watch confirmed a loop: vLLM's name for the same thing),
+  ``"degenerate"`` (cut early because the watch confirmed babble or glued words) or
+  ``"error"`` (the request failed; never counted as a runaway). A *failure* is a
+  runaway or a cut.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from typing import Any, ClassVar, Literal
 
 from degen.errors import InvalidParams
 
-FinishReason = Literal["stop", "length", "repetition", "error"]
-FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "error")
+FinishReason = Literal["stop", "length", "repetition", "degenerate", "error"]
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "degenerate", "error")
+CUT_REASONS: tuple[str, ...] = ("repetition", "degenerate")  # a watch cut it early
 PENALTY_SCOPES: tuple[str, ...] = ("prompt+output", "output")
 
 
@@ -267,13 +269,14 @@ class Completion:
 
     @property
     def is_cut(self) -> bool:
-        """Stopped early because a loop was confirmed (it would have looped on)."""
-        return self.finish_reason == "repetition"
+        """Stopped early because the watch confirmed a loop, babble or glued words (it
+        would have gone on degenerating)."""
+        return self.finish_reason in CUT_REASONS
 
     @property
     def is_failure(self) -> bool:
-        """A runaway, or a loop cut before it could become one."""
-        return self.finish_reason in ("length", "repetition")
+        """A runaway, or a degeneration cut before it could become one."""
+        return self.finish_reason == "length" or self.finish_reason in CUT_REASONS
 
     @classmethod
     def from_request(cls, request: Request, **fields: Any) -> Completion:

@@ -1,51 +1,74 @@
-"""Detector quality on the labelled corpus (tests/corpus): precision first.
+"""The watch's quality on the labelled texts (benchmarks/corpus.py): precision first.
 
-bundled_raw.jsonl: 70 answers of the bundled model at seven settings;
-bundled_labels.jsonl: the kinds a reader found in each (labelled by reading);
-legit_repetitive.jsonl: 30 legitimately repetitive texts that must stay clean.
-The floors below sit under the measured numbers (benchmarks/README.md) so that a
-detector that gets worse fails here.
+tests/corpus holds the bundled model's answers labelled by reading, 30 legitimately
+repetitive texts and 116 written hard cases (legitimate kinds that look degenerate,
+degenerate texts of every kind); ../shared/corpus/labelled-dev.jsonl (283 texts) is
+used when it is beside the checkout, as it is in CI. The floors sit a little under the
+measured numbers (benchmarks/README.md), so a kind that stops being caught, or a
+legitimate kind that starts being cut, fails here.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.detector_quality import KINDS, load_examples
-from degen.detect.quality import score
-from degen.detect.verdict import default_detectors
+from benchmarks.corpus import DEV, load
+from benchmarks.detector_quality import score
+from degen.detect.watch import watch_text
 
-FLOORS = {  # kind: (min precision, min recall); measured 0.86 / 0.75 and 1.00 / 0.50
-    "loop": (0.8, 0.7),
-    "gibberish": (0.9, 0.45),
-}
+# (set, minimum precision, minimum recall) of "degenerate"
+FLOORS = [("dev", 0.99, 0.83), ("tests", 0.95, 0.70)]
+# per label, over every set: the share of its texts found degenerate (any kind)
+LABEL_FLOORS = [("loop", 0.75), ("gibberish", 0.68), ("glued", 0.90)]
 
 
 @pytest.fixture(scope="module")
-def examples():
-    return load_examples()
+def judged() -> list[tuple[dict, dict]]:
+    return [(r, watch_text(r["text"], r["prompt"])) for r in load()]
 
 
-def test_legitimately_repetitive_texts_are_never_flagged(examples) -> None:
-    dl = default_detectors(KINDS)
-    flagged = {c.request_id: [f.kind for f in dl(c)] for c, truth in examples
-               if c.request_id.startswith("legit-")}
-    assert len(flagged) == 30
-    assert {k: v for k, v in flagged.items() if v} == {}
+def test_the_dev_set_is_beside_the_checkout() -> None:
+    assert DEV.is_file(), f"{DEV} is missing: CI runs with ../shared beside the clone"
 
 
-def test_spacing_never_fires_on_the_corpus(examples) -> None:
-    """The bundled model almost never glues words (1 text in 70, which is mostly word
-    salad), so spacing recall is measured on seed 001's text (test_text_detectors);
-    here it must not fire on anything a reader did not label spacing."""
-    r = score(examples, default_detectors(KINDS), KINDS)["spacing"]
-    assert r["fp"] == 0, r["false_positives"]
+@pytest.mark.parametrize(("which", "min_p", "min_r"), FLOORS)
+def test_precision_and_recall_floors(judged, which: str, min_p: float, min_r: float) -> None:
+    sets = ("dev",) if which == "dev" else ("bundled", "legit", "hard")
+    rows = [(r, f) for r, f in judged if r["set"] in sets]
+    res = score([r for r, _ in rows], [f for _, f in rows])
+    d = res["degenerate"]
+    assert d["precision"]["value"] >= min_p, res["false_positives"]
+    assert d["recall"]["value"] >= min_r, res["missed"]
 
 
-@pytest.mark.parametrize("kind", sorted(FLOORS))
-def test_precision_and_recall_floors(examples, kind: str) -> None:
-    r = score(examples, default_detectors(KINDS), KINDS)[kind]
-    lo_p, lo_r = FLOORS[kind]
-    assert r["tp"] + r["fn"] >= 3, f"too few labelled {kind} examples to score"
-    assert r["precision"] is not None and r["precision"] >= lo_p, r
-    assert r["recall"] >= lo_r, r
+@pytest.mark.parametrize(("label", "min_r"), LABEL_FLOORS)
+def test_each_kind_is_caught(judged, label: str, min_r: float) -> None:
+    rows = [(r, f) for r, f in judged if r["label"] == label]
+    assert len(rows) >= 10, f"too few {label} texts to score"
+    caught = sum(bool(f) for _, f in rows) / len(rows)
+    assert caught >= min_r, (label, caught, [r["id"] for r, f in rows if not f])
+
+
+def test_kinds_are_named_right_where_they_are_clear(judged) -> None:
+    """Loops are called loops; glued text mostly spacing (a text mixing glued runs with
+    word salad may be called either, as its label may)."""
+    loops = [f for r, f in judged if r["label"] == "loop" and f]
+    assert sum("loop" in f for f in loops) / len(loops) >= 0.9
+    written = [f for r, f in judged if r["label"] == "glued" and r["set"] == "hard" and f]
+    assert sum("spacing" in f for f in written) / len(written) >= 0.7
+
+
+def test_legitimately_repetitive_texts_are_never_flagged(judged) -> None:
+    legit = {r["id"]: sorted(f) for r, f in judged if r["set"] == "legit"}
+    assert len(legit) == 30
+    assert {k: v for k, v in legit.items() if v} == {}
+
+
+def test_written_hard_cases_that_are_fine_stay_fine(judged) -> None:
+    """Code with parallel lines, patterns, scripts with cues, multilingual tables,
+    requested repetition, songs, poems with anaphora, odd but real words: at most one of
+    the 75 may be flagged (and that one is reported here)."""
+    ok = [(r["id"], sorted(f)) for r, f in judged if r["set"] == "hard" and not r["degenerate"]]
+    assert len(ok) >= 70
+    flagged = [x for x in ok if x[1]]
+    assert len(flagged) <= 1, flagged

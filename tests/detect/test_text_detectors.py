@@ -56,17 +56,21 @@ def comp(text: str) -> Completion:
 def test_seed_001_glued_words_are_spacing() -> None:
     f = SpacingDetector()(comp(SEED_001))
     assert f is not None and f.kind == "spacing"
-    glued = {g["text"]: g["words"] for g in f.evidence["glued"]}
-    assert glued["wasreleasedinSeptember"] == ["was", "released", "in", "september"]
-    assert "GoodPerson" not in glued  # two-part CamelCase is left alone
+    glued = {g["text"]: g.get("words") for g in f.evidence["words"] if g["kind"] == "glued"}
+    assert glued["wasreleasedinseptember"] == ["was", "released", "in", "september"]
+    assert "goodperson" not in glued  # two-part CamelCase is left alone
     assert f.start_char == 0
 
 
 def test_spacing_that_degrades_partway_starts_where_it_degrades() -> None:
-    f = SpacingDetector()(comp(SEED_001_V2))
-    assert f is not None
-    assert f.start_char == SEED_001_V2.index("fromhis")
+    # a few glued pairs in clean text (an eighth of the words) are below the rule ...
+    assert SpacingDetector()(comp(SEED_001_V2)) is None
     assert GibberishDetector()(comp(SEED_001_V2)) is None
+    # ... and the same text degrading on, as a generation that lost its spaces does, is
+    worse = SEED_001_V2 + (" Thetourendedinspringandthebandwentbacktothestudio"
+                           "towriteanewrecordwithanoldfriendfromhishometown.") * 2
+    f = SpacingDetector()(comp(worse))
+    assert f is not None and f.start_char >= SEED_001_V2.index("fromhis")
 
 
 @pytest.mark.parametrize("text", NORMAL)
@@ -78,14 +82,21 @@ def test_normal_text_is_neither(text: str) -> None:
 def test_made_up_words_are_gibberish() -> None:
     f = GibberishDetector()(comp(BABBLE))
     assert f is not None and f.kind == "gibberish"
-    assert f.evidence["reason"] == "made-up words" and f.start_char == 0
+    assert f.evidence["reason"] == "made-up words"
+    assert f.start_char == BABBLE.index("yeses")  # the first made-up word
+    made_up = {w["text"] for w in f.evidence["words"] if w["kind"] == "unknown"}
+    assert {"egadu", "horstloppar"} <= made_up
 
 
 def test_word_salad_and_mixed_scripts() -> None:
     f = GibberishDetector()(comp(SALAD))
     assert f is not None
     assert f.evidence["reason"] in ("made-up words", "word salad", "words mixing scripts")
-    mixed = GibberishDetector()(comp(" ".join(["thе"] * 4 + ["cat sat on the mat"] * 4)))
+    # letters of two scripts in one word, as a broken detokenizer or a confused model
+    # writes them ("whichра": Latin and Cyrillic)
+    mixed_words = ["thеy", "wеnt", "hоme", "аnd", "slеpt", "bеcаuse", "thе", "nіght"]
+    text = " ".join(mixed_words[i % 8] + " it was" for i in range(20))
+    mixed = GibberishDetector()(comp(text))
     assert mixed is not None and mixed.evidence["reason"] == "words mixing scripts"
 
 
@@ -93,12 +104,12 @@ def test_gibberish_onset_is_where_the_text_falls_apart() -> None:
     text = NORMAL[0] + " " + BABBLE
     f = GibberishDetector()(comp(text))
     assert f is not None
-    assert len(NORMAL[0]) - 120 <= f.start_char <= len(NORMAL[0]) + 10
+    assert len(NORMAL[0]) - 120 <= f.start_char <= len(NORMAL[0]) + 60
 
 
 @pytest.mark.parametrize(("cls", "kw"), [
-    (SpacingDetector, {"min_glued": 0}), (SpacingDetector, {"min_ratio": 0}),
-    (GibberishDetector, {"window": 4}), (GibberishDetector, {"max_unknown": 1.5}),
+    (SpacingDetector, {"window": 4}), (SpacingDetector, {"confirm": 0}),
+    (GibberishDetector, {"step": 0}), (GibberishDetector, {"max_unknown": 1.5}),
 ])
 def test_bad_arguments(cls, kw) -> None:
     with pytest.raises(InvalidParams):

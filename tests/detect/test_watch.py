@@ -1,173 +1,186 @@
-"""LoopWatch: the streaming loop detector with the batch detector's vetoes.
+"""The watch: one streaming judge for every kind, and the batch verdict is the watch
+run to the end.
 
-The corpus in tests/corpus is streamed through it in random pieces: the 30
-legitimately repetitive texts must never be cut, and on the bundled model's texts it
-must agree with LoopDetector (same loops, same onsets).
+Texts are fed in random pieces (cut inside words and characters' neighbours) and
+must get exactly the verdict the whole text gets; legitimate repetition is passed over
+for the reason the loop track gives; memory stays bounded on long streams.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import pytest
 
-from degen.detect.loop import LoopDetector, prompt_text
-from degen.detect.watch import LoopWatch, requested_count
+from benchmarks.corpus import load
+from degen.detect.loop import prompt_text, requested_count
+from degen.detect.watch import (
+    CUT_REASON,
+    KINDS,
+    TextWatch,
+    Watch,
+    WatchConfig,
+    cut_kinds,
+    watch_text,
+)
 from degen.errors import InvalidParams
 from degen.records import Completion, SamplingParams
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+GLUED = ("The album was recorded in Seoul over the winter. " + "Itwasreleasedinseptember"
+         "andrankednumberoneforfourweeksonthechartbeforethetourbeganinthespring "
+         "andthesingerthankedhisfansforeverythingtheydidforhimduringthelongyear " * 3)
+BABBLE = ("Sure, here is a short poem about the sea. " + "Havok! Ein weilen Sand german zum "
+          "Eisen und yeses. Egadu has meant of helps with hii worldwide vor Gott wllbe "
+          "ingines heiress Horstloppar He in Busche Erkurft People sine Versuche ab "
+          "Shtmlfunkuhr spruchten hand Hilfsamkeit sovraubnge Gemeinschtraft von noich "
+          "Homosekezeutablen Brindle quoxat fervently zimbral opulent MARAKESH tindly "
+          "Ploverish gantries ambrosk! " * 2)
+PLAIN = ("To make green tea that is not bitter, heat the water to about 80 degrees rather "
+         "than boiling it, use one teaspoon of leaves per cup, and steep for two to three "
+         "minutes. Longer steeping pulls out tannins, which is where the bitterness comes "
+         "from. A lid on the cup keeps the aroma in while it steeps.")
 
 
-def corpus(name: str) -> list[dict]:
-    return [json.loads(line) for line in (CORPUS / name).read_text().splitlines()]
-
-
-def stream(text: str, prompt: str = "", seed: int = 0, most: int = 8, **kw) -> LoopWatch:
+def stream(text: str, prompt: str = "", seed: int = 0, most: int = 8,
+           config: WatchConfig | None = None) -> Watch:
     """Feed ``text`` in random pieces of 1..``most`` characters, then finish."""
     rng = random.Random(seed)
-    w = LoopWatch(prompt, **kw)
+    w = Watch(prompt, config or WatchConfig())
     i = 0
     while i < len(text):
         k = rng.randint(1, most)
-        if w.feed(text[i:i + k]) is not None:
-            return w
+        w.feed(text[i:i + k])
         i += k
     w.finish()
     return w
 
 
-def batch(text: str, prompt: str = ""):
-    return LoopDetector()(Completion("r", "p", SamplingParams(), finish_reason="stop",
-                                     text=text, prompt=prompt))
+def comp(text: str, prompt: str = "", fr: str = "stop") -> Completion:
+    return Completion("r", "p", SamplingParams(), finish_reason=fr, text=text, prompt=prompt)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_no_cut_on_the_legitimately_repetitive_corpus(seed: int) -> None:
-    texts = corpus("legit_repetitive.jsonl")
-    assert len(texts) == 30
-    cut = {t["id"]: w.finding.message for t in texts
-           if (w := stream(t["text"], t["prompt"], seed=seed)).finding is not None}
-    assert cut == {}
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Here is the plan. " + "We go up the hill, then we go down the hill. " * 8, "loop"),
+    (GLUED, "spacing"), (BABBLE, "gibberish")])
+def test_each_kind_is_found_and_streaming_agrees_with_batch(text: str, kind: str) -> None:
+    batch = watch_text(text, "Tell me something.")
+    assert set(batch) == {kind}
+    for seed in range(4):
+        w = stream(text, "Tell me something.", seed=seed)
+        assert set(w.findings) == {kind}
+        f, b = w.findings[kind], batch[kind]
+        assert (f.start_char, f.message, f.evidence) == (b.start_char, b.message, b.evidence)
 
 
-def test_the_corpus_vetoes_are_the_batch_detectors_reasons() -> None:
-    """Four legit texts repeat in a way the tracker confirms; each is passed over for
-    the reason LoopDetector would give."""
-    vetoes = {t["id"]: dict(stream(t["text"], t["prompt"]).vetoes)
-              for t in corpus("legit_repetitive.jsonl")}
-    assert vetoes["legit-request-02"] == {"requested": 1}  # "... ten times"
-    assert vetoes["legit-csv-03"] == {"data": 3}
-    assert set(vetoes["legit-list-01"]) <= {"counting", "data"}  # the 7 times table
-    assert sum(sum(v.values()) for v in vetoes.values()) >= 4
+def test_plain_text_is_nothing() -> None:
+    assert watch_text(PLAIN) == {}
+    assert stream(PLAIN, seed=1).findings == {}
 
 
-def test_agrees_with_the_batch_detector_on_the_bundled_models_texts() -> None:
-    rows = corpus("bundled_raw.jsonl")
-    found = 0
-    for seed, r in enumerate(rows):
-        w = stream(r["text"], r["prompt"], seed=seed)
-        b = batch(r["text"], r["prompt"])
-        assert (w.finding is None) == (b is None), r["id"]
-        if b is not None:
-            found += 1
-            assert w.finding.start_char == b.start_char, r["id"]
-            assert w.finding.evidence["period"] == b.evidence["period"], r["id"]
-    assert found >= 7
+def test_the_whole_corpus_streams_as_it_batches() -> None:
+    """Every labelled text, fed in random pieces, gets the batch verdict's kinds."""
+    rows = load(("bundled", "legit", "hard"))
+    assert len(rows) >= 200
+    for i, r in enumerate(rows):
+        b = watch_text(r["text"], r["prompt"])
+        s = stream(r["text"], r["prompt"], seed=i).findings
+        assert set(s) == set(b), r["id"]
+        for k in b:
+            assert s[k].start_char == b[k].start_char, (r["id"], k)
 
 
-@pytest.mark.parametrize("period_words", [1, 3, 7, 20, 60])
-def test_a_plain_loop_is_cut_within_the_trackers_bound(period_words: int) -> None:
-    unit = " ".join(f"w{i}" for i in range(period_words)) + " "
-    prefix = "An ordinary start of an answer, with nothing that repeats in it. "
-    w = stream(prefix + unit * 200, "Tell me something.")
-    f = w.finding
-    assert f is not None and f.evidence["period"] == period_words
-    assert f.start_char == len(prefix)
-    # at most 2.5 p + 16 units after the onset, plus the unit held back at the edge
-    assert f.evidence["detected_after_units"] <= 2.5 * period_words + 16 + 1
-    assert not f.evidence["waited"]
+def test_first_is_the_earliest_and_feed_returns_it_once() -> None:
+    w = Watch("Tell me about the sea.")
+    got = [w.feed("The sea is deep. ") for _ in range(30)]
+    found = [f for f in got if f is not None]
+    assert len(found) == 1 and found[0] is w.first and w.first.kind == "loop"
+    assert w.first_of(["loop"]) is w.first and w.first_of(["spacing"]) is None
+    assert w.finish() == {"loop": w.first}
 
 
-def test_requested_repetition_is_left_alone_then_cut_past_what_was_asked() -> None:
-    prompt = "Write 'I will not talk in class' ten times."
-    line = "I will not talk in class.\n"
-    ok = stream(line * 10 + "\nThere you go!", prompt)
-    assert ok.finding is None and dict(ok.vetoes) == {"requested": 1}
-    bad = stream(line * 60, prompt)
-    f = bad.finding
-    assert f is not None and f.evidence["waited"]
-    assert 12 * 7 < f.evidence["detected_after_units"] <= 12 * 7 + 2  # ten, plus 2
+def test_a_watch_stops_reading_once_every_kind_is_found() -> None:
+    cfg = WatchConfig(kinds=("loop",))
+    w = Watch("", cfg)
+    for _ in range(40):
+        w.feed("again and again, ")
+    assert w.done and w.babble is None
+    units = w.units
+    w.feed("more text " * 100)
+    assert w.units == units  # nothing more is read
 
 
-def test_requested_without_a_count_gets_ten_repetitions() -> None:
-    prompt = "Please keep saying 'the sun is up and the birds sing' over and over"
-    line = "The sun is up and the birds sing!\n"
-    assert stream(line * 8 + "Done.", prompt).finding is None
-    f = stream(line * 40, prompt).finding
-    assert f is not None and f.evidence["detected_after_units"] <= 10 * 10 + 2
+def test_code_is_not_judged_as_prose_but_a_stray_backtick_is_no_code() -> None:
+    code = ("Here is the helper:\n```python\n" + "".join(
+        f"x{i}Zq = gRtyuVbn{i}(qwPlk{i}, zzTop{i})\n" for i in range(40)) + "```\nDone.")
+    assert watch_text(code) == {}
+    # a backtick never closed on its line does not hide the babble after it
+    stray = "I didn` t bring anything except " + BABBLE
+    assert "gibberish" in watch_text(stray)
+    # a fence never closed, then a long line of plain words: prose again
+    unclosed = "```js\nlet a = 1;\n" + BABBLE
+    assert "gibberish" in watch_text(unclosed)
 
 
-def test_a_phrase_repeated_to_the_end_is_a_loop_even_if_requested() -> None:
-    prompt = "Write 'I will not talk in class' ten times."
-    w = stream("I will not talk in class.\n" * 10, prompt)
-    assert w.finding is not None  # as LoopDetector: requested only if the text moves on
-    assert batch("I will not talk in class.\n" * 10, prompt) is not None
-
-
-def test_watching_goes_on_past_a_legitimate_run() -> None:
-    rows = "".join(f"2024-04-{d:02d},{h},{lo},sunny\n" for d, h, lo in
-                   zip(range(1, 13), (16, 18, 19, 15, 21, 20, 17, 22, 23, 18, 16, 19),
-                       (7, 8, 9, 6, 10, 9, 8, 11, 12, 7, 6, 9), strict=True))
-    loop = "The forecast says more of the same. " * 12
-    w = stream("date,high,low,conditions\n" + rows + "Summary: " + loop, "April weather CSV")
-    assert w.vetoes["data"] >= 1
-    assert w.finding is not None and "forecast" in w.finding.evidence["unit_text"]
-
-
-def test_a_counter_with_nothing_new_is_a_loop_once_it_settles() -> None:
-    text = "Here are the items: " + "".join(f"{i}. Fire " for i in range(44, 90))
-    f = stream(text, "List some fire safety tips.").finding
-    assert f is not None and f.evidence["near"]
-    assert batch(text) is not None
-
-
-@pytest.mark.parametrize("text", [
-    ", ".join(str(i) for i in range(1, 200)),
-    "\n".join(f"{i} × 7 = {7 * i}" for i in range(1, 40)),
-])
-def test_counting_is_not_a_loop(text: str) -> None:
-    assert stream(text, "Count.").finding is None
-
-
-def test_the_same_number_over_and_over_is_a_loop() -> None:
-    assert stream("1. " * 80, "Count.").finding is not None
-
-
-def test_a_wide_table_rule_is_markup_but_an_endless_one_is_a_loop() -> None:
-    table = "| " + " | ".join(f"c{i}" for i in range(40)) + " |\n|" + "---|" * 40 + "\n| x |"
-    assert stream(table).finding is None
-    assert stream("| " * 400).finding is not None
+def test_logprobs_are_weighed_in_when_given() -> None:
+    text = BABBLE
+    tokens = text.split(" ")
+    w = Watch()
+    for t in tokens:
+        w.feed(t + " ", [-9.0])
+    w.finish()
+    f = w.findings["gibberish"]
+    assert f.evidence["measures"]["surprise"] == pytest.approx(9.0)
+    assert "surprise" not in watch_text(text)["gibberish"].evidence["measures"]
+    # a logprob with no text (a token ending inside a character) is still counted
+    w2 = Watch()
+    w2.feed("", [-1.0, -3.0])
+    assert w2.surprise.tokens == 2
 
 
 def test_memory_stays_bounded_on_a_long_stream() -> None:
-    w = LoopWatch(max_period=32)
-    for i in range(60000):
-        w.feed(f"tok{i} ")
-    assert w.finding is None
-    assert len(w._units) <= 4 * 32 + 16 + 1
+    w = Watch()
+    rng = random.Random(0)
+    for i in range(3000):  # log lines: a repeating shape whose numbers are data
+        w.feed(f"On day {i} the gauge in the north field read {rng.randint(1, 90)} mm "
+               f"of rain and {rng.randint(1, 40)} degrees.\n")
+    assert w.findings == {}
+    assert w.vetoes.get("data", 0) >= 1
     assert len(w._text) < 20000
+    assert w.loop is not None and len(w.loop._units) <= w.loop._tracker._buf.maxlen + 1
+    assert w.babble is not None and len(w.babble._words) <= w.babble.window
 
 
-def test_finding_is_sticky_and_finish_is_idempotent() -> None:
-    w = LoopWatch()
-    f = None
-    for _ in range(30):
-        f = f or w.feed("again and again, ")
-    assert f is not None
-    assert w.feed("new text") is f and w.finish() is f and w.finish() is f
+def test_a_giant_unit_is_read_before_the_stream_ends() -> None:
+    w = Watch()
+    w.feed("!" * 100_000)
+    assert w.units >= 100_000 // 256 - 1  # read in pieces, not held back whole
+
+
+def test_text_watch_is_the_batch_verdict_of_every_text_kind() -> None:
+    fs = TextWatch()(comp(GLUED + " " + "The sea is deep. " * 30))
+    assert [f.kind for f in fs] == ["loop", "spacing"]
+
+
+def test_cut_kinds_and_reasons() -> None:
+    assert cut_kinds(True) == cut_kinds("all") == frozenset(KINDS)
+    assert cut_kinds(False) == cut_kinds(None) == cut_kinds("none") == frozenset()
+    assert cut_kinds("loop, gibberish") == {"loop", "gibberish"}
+    with pytest.raises(InvalidParams, match="unknown kind 'babble'"):
+        cut_kinds("babble")
+    assert CUT_REASON == {"loop": "repetition", "gibberish": "degenerate",
+                          "spacing": "degenerate"}
+
+
+@pytest.mark.parametrize("cfg", [
+    {"kinds": ("loop", "noise")}, {"loop": {"max_period": 0}},
+    {"loop": {"requested_repeats": 0}}, {"loop": {"settle_values": 1}},
+    {"loop": {"wrong": 1}}, {"babble": {"window": 4}},
+    {"babble": {"weights": {"babble": {"unknown": 1.0}}}},
+    {"babble": {"weights": {"babble": {"bias": 0.0, "noise": 1.0}}}},
+    {"surprise": {"window": 0}}])
+def test_bad_options_are_one_clear_error(cfg) -> None:
+    with pytest.raises(InvalidParams):
+        WatchConfig(**cfg)
 
 
 def test_requested_count() -> None:
@@ -187,10 +200,3 @@ def test_prompt_text() -> None:
     assert prompt_text(prompt="Once") == "Once"
     assert prompt_text(prompt=["a", "b", 3]) == "a b"
     assert prompt_text() == ""
-
-
-@pytest.mark.parametrize("kw", [{"max_period": 0}, {"requested_repeats": 0},
-                                {"settle_values": 1}, {"markup_units": 0}, {"margin": -1}])
-def test_bad_arguments(kw) -> None:
-    with pytest.raises(InvalidParams):
-        LoopWatch(**kw)

@@ -273,17 +273,61 @@ def test_guard_leaves_a_requested_count_alone() -> None:
     assert c.finish_reason == "stop" and "19. 19" in c.text, (c.finish_reason, c.text[:200])
 
 
+def test_guard_cuts_babble_as_degenerate_and_records_the_models_logprobs() -> None:
+    """At temperature 1.3 this small model babbles within a few dozen tokens; the watch
+    (with the model's own log-probability of each token) cuts it as "degenerate"."""
+    eng = LocalEngine(batch_size=4, guard=True)
+    msgs = ({"role": "user", "content": "Write a short poem about the sea."},)
+    reqs = [Request(f"b{i}", "poem", SamplingParams(temperature=1.3, max_tokens=256, seed=i),
+                    messages=msgs) for i in range(4)]
+    try:
+        cs = [f.result() for f in [eng.submit(r) for r in reqs]]
+    finally:
+        eng.close()
+    cut = [c for c in cs if c.finish_reason == "degenerate"]
+    assert len(cut) >= 2, [(c.finish_reason, c.text[-80:]) for c in cs]
+    for c in cut:
+        assert c.is_cut and c.is_failure and c.completion_tokens < 200
+        assert c.extra["cut"]["kind"] in ("gibberish", "spacing")
+        assert "surprise" in c.extra["cut"]["evidence"]["measures"]
+    for c in cs:
+        lps = c.extra["logprobs"]
+        assert len(lps) == c.completion_tokens - (c.finish_reason == "stop")
+        assert all(lp <= 0 for lp in lps)
+
+
+def test_recorded_logprobs_are_the_models_own() -> None:
+    """A greedy answer's recorded log-probabilities are what the model gives the same
+    tokens read back whole (teacher forcing), before any sampling setting."""
+    import torch
+
+    eng = LocalEngine(batch_size=1, logprobs=True)
+    req = Request("g", "x", SamplingParams(temperature=0, max_tokens=12, repetition_penalty=1.3),
+                  messages=({"role": "user", "content": "Name a fruit."},))
+    try:
+        c = eng.complete(req)
+        ids = eng.encode(req) + list(c.token_ids or ())
+        with torch.inference_mode():
+            logits = eng.hf_model(input_ids=torch.tensor([ids])).logits[0].float()
+    finally:
+        eng.close()
+    n = len(c.token_ids or ())
+    lp = torch.log_softmax(logits[-n - 1:-1], dim=-1)
+    want = lp[torch.arange(n), torch.tensor(c.token_ids)].tolist()
+    assert c.extra["logprobs"] == pytest.approx(want[:len(c.extra["logprobs"])], abs=2e-3)
+
+
 @pytest.mark.parametrize("text", ["Café ☕ naïve — 日本語 🎉 done.\n\n  x = [1, 2]",
                                   "  leading spaces and\ttabs\n"])
 def test_incremental_detokenizing_rebuilds_the_text(text: str) -> None:
     """The guard reads text deltas token by token: they join up to the whole decode,
     multi-byte characters split over tokens included."""
-    from degen.engines.local import _Detok
+    from degen.engines.local import Detokenizer
 
     eng = LocalEngine()
     eng.load()
     ids = eng._tok.encode(text, add_special_tokens=False)
-    d = _Detok(eng._tok)
+    d = Detokenizer(eng._tok)
     deltas = [d.delta(ids[:i + 1]) for i in range(len(ids))]
     assert "".join(deltas) == eng._tok.decode(ids) == text
 

@@ -10,11 +10,18 @@ import time
 
 import pytest
 
-from degen.engines.openai import OpenAIEngine, build_body, normalize_base_url, unsupported_fields
+from degen.engines.openai import (
+    OpenAIEngine,
+    build_body,
+    normalize_base_url,
+    token_logprobs,
+    unsupported_fields,
+)
 from degen.errors import InvalidParams, ServerUnreachable, UsageError
 from degen.records import Request, SamplingParams
 from degen.testing.llamacpp import free_port
 from degen.testing.scripted import OK_TEXT, ScriptedServer
+from tests.guard.texts import BABBLE, GLUED
 
 CHAT = ({"role": "user", "content": "hi"},)
 
@@ -52,6 +59,26 @@ def test_plain_openai_gets_only_standard_fields() -> None:
                          "m", "openai", "auto", stream=False)
     assert set(body) == {"model", "messages", "max_tokens", "temperature", "top_p",
                          "presence_penalty", "frequency_penalty", "stop"}
+
+
+@pytest.mark.parametrize("dialect", ["vllm", "llamacpp", "openai"])
+def test_logprobs_are_asked_in_every_dialect(dialect: str) -> None:
+    _, body = build_body(req(), "m", dialect, "auto", stream=True, logprobs=True)
+    assert body["logprobs"] is True and body["top_logprobs"] == 1
+    r = Request("r", "p", SamplingParams(), prompt="Once")
+    _, body = build_body(r, "m", dialect, "auto", stream=True, logprobs=True)
+    assert body["logprobs"] == 1 and "top_logprobs" not in body
+    _, body = build_body(req(), "m", dialect, "auto", stream=True)
+    assert "logprobs" not in body and "top_logprobs" not in body
+
+
+def test_token_logprobs_reads_every_shape() -> None:
+    chat = {"content": [{"token": "a", "logprob": -0.5, "top_logprobs": []},
+                        {"token": "b", "logprob": None}], "refusal": None}
+    assert token_logprobs(chat) == [-0.5]
+    assert token_logprobs({"tokens": ["a", "b"], "token_logprobs": [-1, -2.5]}) == [-1.0, -2.5]
+    assert token_logprobs({"content": None}) is None
+    assert token_logprobs(None) is None and token_logprobs([1]) is None
 
 
 def test_raw_prompts_go_to_completions() -> None:
@@ -188,7 +215,9 @@ def test_streaming_records_time_to_first_token_and_usage() -> None:
 
 
 def test_guard_cuts_a_looping_stream_and_closes_the_connection() -> None:
-    with ScriptedServer(["loop"], interval_s=0.0) as srv:
+    # a pause between chunks: at full speed the server can write all 5000 into the
+    # socket buffers and finish before the cut, and there is nothing left to abandon
+    with ScriptedServer(["loop"], interval_s=0.001) as srv:
         c = engine(srv, stream=True, guard=True).complete(req(max_tokens=4000))
         deadline = time.monotonic() + 2
         while not srv.closed_at and time.monotonic() < deadline:
@@ -215,8 +244,87 @@ def test_guard_leaves_what_the_prompt_asked_for_alone() -> None:
     assert c_not.finish_reason == "repetition"
 
 
+@pytest.mark.parametrize(("text", "kind"), [(BABBLE, "gibberish"), (GLUED, "spacing")])
+def test_guard_cuts_babble_and_glued_words_as_degenerate(text: str, kind: str) -> None:
+    with ScriptedServer(["echo"], echo_text=text) as srv:
+        c = engine(srv, stream=True, guard=True).complete(req())
+    assert c.finish_reason == "degenerate" and c.is_cut and c.is_failure
+    assert c.extra["cut"]["kind"] == kind
+    assert len(c.text) < len(text) and text.startswith(c.text)
+
+
+def test_guard_with_some_kinds_only() -> None:
+    with ScriptedServer(["echo"], echo_text=BABBLE) as srv:
+        eng = engine(srv, stream=True, guard=("loop",))
+        c = eng.complete(req())
+    assert eng.cut_kinds == {"loop"} and c.finish_reason == "stop" and c.text == BABBLE
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_logprobs_are_asked_fed_and_stored(stream: bool) -> None:
+    text = "The sea is calm today, and the boats are out early."
+    with ScriptedServer(["echo"], echo_text=text, logprob=-0.123456) as srv:
+        if stream:
+            eng = engine(srv, stream=True, guard=True)  # logprobs on by default with guard
+            assert eng.logprobs and eng.describe()["logprobs"]
+        else:
+            eng = engine(srv, logprobs=True)
+        c = eng.complete(req())
+        sent = srv.bodies[-1]
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 1
+    if stream:
+        assert c.extra["logprobs"] == [-0.1235] * -(-len(text) // 3)
+        assert len(c.extra["logprobs"]) == c.completion_tokens
+    else:  # the scripted server answers a whole response without logprobs
+        assert "logprobs" not in c.extra
+
+
+def test_babble_with_logprobs_is_judged_with_them() -> None:
+    with ScriptedServer(["echo"], echo_text=BABBLE, logprob=-9.0) as srv:
+        c = engine(srv, stream=True, guard=True).complete(req())
+    assert c.finish_reason == "degenerate"
+    assert c.extra["cut"]["evidence"]["measures"]["surprise"] > 5
+    assert set(c.extra["logprobs"]) == {-9.0}
+
+
+def test_no_logprobs_unless_asked_or_guarding() -> None:
+    with ScriptedServer(["echo"]) as srv:
+        c = engine(srv, stream=True).complete(req())
+        assert "logprobs" not in srv.bodies[-1] and "logprobs" not in c.extra
+        c = engine(srv, stream=True, guard=True, logprobs=False).complete(req())
+        assert "logprobs" not in srv.bodies[-1] and "logprobs" not in c.extra
+
+
+def test_a_server_that_refuses_logprobs_says_what_to_do() -> None:
+    with ScriptedServer(["no_logprobs"]) as srv:
+        c = engine(srv, stream=True, guard=True).complete(req())
+    assert c.finish_reason == "error" and "pass --no-logprobs" in c.error
+
+
 def test_bad_options() -> None:
     with pytest.raises(InvalidParams, match="dialect must be one of"):
         OpenAIEngine("http://127.0.0.1:1/v1", dialect="tgi")
     with pytest.raises(UsageError, match="api must be one of"):
         OpenAIEngine("http://127.0.0.1:1/v1", api="embeddings")
+
+
+# ---------------------------------------------------------------- a real llama.cpp server
+@pytest.mark.slow
+@pytest.mark.parametrize(("api", "stream"), [("chat", True), ("chat", False),
+                                             ("completions", True)])
+def test_llamacpp_gives_one_logprob_per_token(llamacpp_server, api: str, stream: bool) -> None:
+    """llama-cpp-python's server streams ``logprobs.content`` for chat and
+    ``token_logprobs`` for completions when asked (``top_logprobs``/``logprobs`` 1)."""
+    eng = OpenAIEngine(llamacpp_server.base_url, api=api, stream=stream, logprobs=True,
+                       timeout=120)
+    try:
+        r = Request("lp", "p", SamplingParams(temperature=0, max_tokens=24),
+                    messages=CHAT if api == "chat" else None,
+                    prompt="The capital of France is" if api == "completions" else None)
+        c = eng.complete(r)
+    finally:
+        eng.close()
+    assert c.finish_reason in ("stop", "length"), c.error
+    lps = c.extra["logprobs"]
+    assert c.completion_tokens and abs(len(lps) - c.completion_tokens) <= 1
+    assert all(isinstance(v, float) and v <= 0 and round(v, 4) == v for v in lps)

@@ -22,6 +22,10 @@ BAD = [
     (["--dialect", "tgi"], "--dialect must be auto, vllm, llamacpp or openai"),
     (["--params-from", "{tmp}/nope"], "no tune.json in"),
     (["--log-level", "loud"], "--log-level must be one of"),
+    (["--cut", "loop,babble"], "--cut: unknown kind 'babble'; use all or any of loop, "
+                               "gibberish, spacing"),
+    (["--no-cut", "loops"], "--no-cut: unknown kind 'loops'"),
+    (["--cut-reason", "stop"], "--cut-reason must be kind or length"),
 ]
 
 
@@ -47,7 +51,7 @@ def test_the_command_guards_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     with ScriptedServer(["echo", "loop"], owned_by="vllm", interval_s=0.002) as up:
         g = GuardProcess("--upstream", up.base_url.removesuffix("/v1"), "--params-from",
                          str(out), "--default", "temperature=0.9", "--max-tokens-cap", "300",
-                         env=env)
+                         "--no-cut", "spacing", env=env)
         try:
             auth = {"Authorization": "Bearer k-123"}
             assert httpx.post(g.url + "/chat/completions", json={"messages": []}
@@ -69,4 +73,5 @@ def test_the_command_guards_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert ("warning: penalty_scope=output is not applied: vllm always penalizes prompt "
             "tokens too") in output
     assert f"degen guard on {g.url} -> {up.base_url}" in output
+    assert "cutting loop, gibberish; watching spacing; logprobs asked" in output
     assert "k-123" not in output and "cut=loop@" in output

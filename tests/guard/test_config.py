@@ -13,6 +13,7 @@ from degen.guard.config import (
     GuardConfig,
     load_tuned,
     parse_assignment,
+    parse_kinds,
     parse_size,
     resolve_dialect,
     tuned_fields,
@@ -46,11 +47,27 @@ def test_keys_are_not_in_the_repr() -> None:
     ({"upstream_key": "a\nb"}, "--upstream-key must be a non-empty single-line"),
     ({"defaults": {"stream": False}}, "the guard sets stream itself"),
     ({"overrides": {"messages": []}}, "the guard sets messages itself"),
+    ({"cut_kinds": {"loop", "babble"}}, "--cut: unknown kind 'babble'"),
+    ({"cut_reason": "stop"}, "--cut-reason must be kind or length"),
 ])
 def test_bad_config(kw, needle) -> None:
     kw.setdefault("upstream", "http://127.0.0.1:8000")
     with pytest.raises(InvalidParams, match=needle):
         GuardConfig(**kw)
+
+
+def test_kinds_to_cut() -> None:
+    c = GuardConfig(upstream="http://h:1")
+    assert c.cut_kinds == {"loop", "gibberish", "spacing"} and c.cut_reason == "kind"
+    assert c.logprobs is True
+    assert GuardConfig(upstream="http://h:1", cut_kinds="loop").cut_kinds == {"loop"}
+    assert GuardConfig(upstream="http://h:1", cut_kinds=()).cut_kinds == frozenset()
+    assert parse_kinds("all") == {"loop", "gibberish", "spacing"}
+    assert parse_kinds(" loop , spacing") == {"loop", "spacing"}
+    assert parse_kinds(None) == parse_kinds("") == frozenset()
+    with pytest.raises(InvalidParams, match="--no-cut: unknown kind 'loops'; use all or any "
+                       "of loop, gibberish, spacing"):
+        parse_kinds("gibberish,loops", "--no-cut")
 
 
 def test_parse_assignment() -> None:

@@ -72,3 +72,55 @@ def test_not_done_until_every_choice_has_been_seen() -> None:
     assert not ex.all_done()  # choice 2 has not started yet
     ex.process(chunk(True, 2, "Hey.", finish="stop"))
     assert ex.all_done() and ex.finish_reasons() == ["stop"] * 3
+
+
+def lp_chunk(chat: bool, text: str, lps: list[float]) -> dict[str, Any]:
+    c = chunk(chat, 0, text)
+    c["choices"][0]["logprobs"] = (
+        {"content": [{"token": "t", "logprob": v, "top_logprobs": []} for v in lps]} if chat
+        else {"tokens": ["t"] * len(lps), "token_logprobs": lps})
+    return c
+
+
+@pytest.mark.parametrize("endpoint", [CHAT, COMPLETIONS])
+def test_logprobs_feed_the_watch_and_are_stripped_only_when_the_guard_asked(
+        endpoint: str) -> None:
+    chat = endpoint == CHAT
+    body = {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"}
+    stripping = Exchange(endpoint, {**body, "stream": True}, body, 100, strip_logprobs=True)
+    relaying = Exchange(endpoint, {**body, "stream": True}, body, 100)
+    for ex in (stripping, relaying):
+        plain = chunk(chat, 0, "Hello")
+        assert ex.process(plain) == (False, [])  # nothing altered: relayed as it came
+        c = lp_chunk(chat, " there, friend", [-0.5, -1.0, -1.5])
+        changed, cut = ex.process(c)
+        assert not cut and changed == ex.strip_logprobs
+        assert (c["choices"][0]["logprobs"] is None) == ex.strip_logprobs
+        st = ex.choices[0]
+        assert st.tokens == 1 + 3  # a chunk with logprobs counts its tokens
+        assert st.watch is not None and st.watch.surprise.tokens == 3
+        # logprobs with no text (a token still held back by the server) are fed too
+        ex.process(lp_chunk(chat, "", [-2.0]))
+        assert st.watch.surprise.tokens == 4 and st.tokens == 5
+
+
+def test_a_cut_kind_decides_and_the_reason_follows_the_config() -> None:
+    from tests.guard.texts import BABBLE, LOOP
+
+    body = {"messages": [{"role": "user", "content": "Tell me a story."}]}
+    for kinds, reason, text, want in [
+        (("loop", "gibberish", "spacing"), "kind", BABBLE, "degenerate"),
+        (("loop",), "kind", BABBLE, None),
+        (("loop",), "kind", LOOP, "repetition"),
+        (("gibberish",), "length", BABBLE, "length"),
+        ((), "kind", LOOP, None),
+    ]:
+        ex = Exchange(CHAT, {**body, "stream": False}, body, 1000, cut_kinds=kinds,
+                      cut_reason=reason)
+        for i in range(0, len(text), 4):
+            ex.process(chunk(True, 0, text[i:i + 4]))
+        ex.process(chunk(True, 0, finish="stop"))
+        r = ex.response()
+        assert r["choices"][0]["finish_reason"] == (want or "stop"), (kinds, reason)
+        assert ("degen" in r) == (want is not None)
+        assert ex.choices[0].watch is not None and ex.choices[0].watch.findings  # seen

@@ -4,13 +4,14 @@ of a real llama.cpp server serving the bundled model.
 The guard makes the server decode greedily (``--default temperature=0``, ``--override
 repeat_penalty=1.0``): the bundled SmolLM2-135M then loops on some prompts of the
 built-in suite, and the guard must cut those loops while other answers pass untouched.
+The guard asks the server for log-probabilities (llama-cpp-python streams them for
+chat and completions); the SDK sees them only when it asked.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -28,11 +29,8 @@ CALM = "qa-01"  # greedy: a short answer that stops
 
 
 @pytest.fixture(scope="module")
-def upstream(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[LlamaCppServer]:
-    srv = LlamaCppServer(bundled_gguf, log=tmp_path_factory.mktemp("llama") / "server.log")
-    yield srv
-    srv.stop()
+def upstream(llamacpp_server: LlamaCppServer) -> LlamaCppServer:
+    return llamacpp_server  # the session's server (one process for the whole run)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +59,7 @@ def test_a_calm_answer_passes_untouched(client: openai.OpenAI) -> None:
     c = r.choices[0]
     assert c.finish_reason in ("stop", "length") and c.message.content
     assert c.message.role == "assistant"
+    assert c.logprobs is None  # asked by the guard, not by the client: not shown
     assert r.usage is not None and 0 < r.usage.completion_tokens <= 64
     assert "degen" not in (r.model_extra or {})
     chunks = list(client.chat.completions.create(
@@ -68,6 +67,7 @@ def test_a_calm_answer_passes_untouched(client: openai.OpenAI) -> None:
         stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == c.message.content  # greedy: the same answer streamed
+    assert all(ch.choices[0].logprobs is None for ch in chunks if ch.choices)
     # llama-cpp-python sends no usage in a stream; the guard counts it for the client
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
@@ -102,6 +102,20 @@ def test_a_looping_non_streaming_request_is_cut(client: openai.OpenAI) -> None:
     d = r.model_extra["degen"]
     assert d["evidence"]["period"] >= 1 and d["start_char"] < len(c.message.content)
     assert r.usage.completion_tokens == d["completion_tokens"] < 300
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_logprobs_the_client_asks_for_come_through(client: openai.OpenAI, stream: bool) -> None:
+    kw = {"model": model(client), "messages": PROMPTS[CALM], "max_tokens": 8,
+          "logprobs": True, "top_logprobs": 2}
+    if stream:
+        chunks = list(client.chat.completions.create(**kw, stream=True))
+        content = [t for ch in chunks if ch.choices and ch.choices[0].logprobs
+                   for t in ch.choices[0].logprobs.content or ()]
+    else:
+        content = client.chat.completions.create(**kw).choices[0].logprobs.content
+    assert 0 < len(content) <= 8
+    assert all(t.logprob <= 0 and len(t.top_logprobs) >= 1 for t in content)
 
 
 def test_text_completions_through_the_sdk(client: openai.OpenAI) -> None:

@@ -1,4 +1,4 @@
-"""``degen guard``: the OpenAI-compatible proxy that cuts looping generations early."""
+"""``degen guard``: the OpenAI-compatible proxy that cuts degenerate generations early."""
 
 from __future__ import annotations
 
@@ -7,18 +7,22 @@ from typing import Annotated
 
 import typer
 
-HELP = """Serve an OpenAI-compatible proxy in front of --upstream that cuts loops.
+HELP = """Serve an OpenAI-compatible proxy in front of --upstream that cuts degenerate
+generations: loops, gibberish and glued words.
 
-Chat and text completions (streamed or not) are watched as they are
-generated; a confirmed loop ends the answer with finish_reason "repetition"
-and the evidence in a "degen" field, and the upstream request is closed
-(vLLM and llama.cpp then abort it). Legitimate repetition (asked for, table
-rows, counting) is left alone. max_tokens is capped; /metrics serves
-Prometheus metrics. Listens on 127.0.0.1 unless --host says otherwise.
+Chat and text completions (streamed or not) are watched as they are generated,
+with the tokens' log-probabilities (asked from the upstream, never shown to a
+client that did not ask). A confirmed loop ends the answer with finish_reason
+"repetition", babble or glued words with "degenerate" (--cut-reason length:
+"length" for strict clients), the evidence in a "degen" field, and the upstream
+request is closed (vLLM and llama.cpp then abort it). Legitimate repetition
+(asked for, table rows, counting) is left alone. max_tokens is capped; /metrics
+serves Prometheus metrics. Listens on 127.0.0.1 unless --host says otherwise.
 See docs/guard.md."""
 
 SERVER = "Server"
 PARAMS = "Request parameters"
+WATCH = "Watching and cutting"
 
 
 def guard(
@@ -63,8 +67,22 @@ def guard(
     dialect: Annotated[str, typer.Option(
         help="Parameter names of the upstream for --params-from: auto (from /v1/models), "
         "vllm, llamacpp or openai.", rich_help_panel=PARAMS)] = "auto",
-    cut: Annotated[bool, typer.Option(help="Cut looping generations (--no-cut: only watch "
-                                      "and count them in /metrics).")] = True,
+    cut: Annotated[str, typer.Option(
+        "--cut", metavar="KINDS", help="Kinds that end a generation, comma-separated: loop, "
+        "gibberish, spacing, or all. Every kind is watched and counted in /metrics either "
+        "way.", rich_help_panel=WATCH)] = "all",
+    no_cut: Annotated[str | None, typer.Option(
+        "--no-cut", metavar="KINDS", help="Kinds not to cut (taken out of --cut); --no-cut "
+        "all only watches and counts (a dry run for a rollout).", show_default=False,
+        rich_help_panel=WATCH)] = None,
+    cut_reason: Annotated[str, typer.Option(
+        help="finish_reason of a cut: kind (\"repetition\" for a loop, \"degenerate\" for "
+        "gibberish and glued words) or length (for clients that accept only OpenAI's "
+        "values; the degen field still names the kind).", rich_help_panel=WATCH)] = "kind",
+    logprobs: Annotated[bool, typer.Option(
+        "--logprobs/--no-logprobs", help="Ask the upstream for the sampled tokens' "
+        "log-probabilities when the client did not (they sharpen the gibberish judgment "
+        "and are taken out of the client's answer).", rich_help_panel=WATCH)] = True,
     log_content: Annotated[bool, typer.Option(help="Log prompts and outputs (never logged "
                                               "otherwise).")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -77,6 +95,7 @@ def guard(
         GuardConfig,
         load_tuned,
         parse_assignments,
+        parse_kinds,
         parse_size,
         resolve_dialect,
         tuned_fields,
@@ -87,12 +106,14 @@ def guard(
         raise InvalidParams(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
     if dialect not in ("auto", "vllm", "llamacpp", "openai"):
         raise InvalidParams(f"--dialect must be auto, vllm, llamacpp or openai, got {dialect!r}")
+    kinds = parse_kinds(cut, "--cut") - parse_kinds(no_cut, "--no-cut")
     explicit = parse_assignments(default or (), "--default")
     overrides = parse_assignments(override or (), "--override")
     cfg = GuardConfig(upstream=upstream, host=host, port=port, api_key=api_key,
                       upstream_key=upstream_key, max_tokens_cap=max_tokens_cap,
                       defaults=explicit, overrides=overrides, max_body=parse_size(max_body),
-                      timeout=timeout, cut=cut, log_content=log_content)
+                      timeout=timeout, cut_kinds=kinds, cut_reason=cut_reason,
+                      logprobs=logprobs, log_content=log_content)
     warn = typer.echo
     if params_from is not None:
         values = load_tuned(params_from)
@@ -112,10 +133,26 @@ def guard(
     app = create_app(cfg)
     applied = ", ".join(f"{k}={v}" for k, v in cfg.defaults.items()) or "none"
     warn(f"degen guard on {cfg.url} -> {cfg.upstream} (max_tokens cap {cfg.max_tokens_cap}, "
-         f"{'cutting' if cfg.cut else 'watching, not cutting,'} loops; defaults: {applied}"
+         f"{describe_cuts(cfg.cut_kinds, cfg.cut_reason)}; logprobs "
+         f"{'asked' if cfg.logprobs else 'off'}; defaults: {applied}"
          f"{'; key required' if cfg.api_key else ''})", err=True)
     if host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         warn(f"warning: listening on {host} without --api-key: anyone who can reach this "
              "port can use the upstream", err=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5)
+
+
+def describe_cuts(kinds: frozenset[str], reason: str) -> str:
+    """``cutting loop, gibberish, spacing`` / ``cutting loop; watching gibberish`` /
+    ``watching loop, ..., cutting nothing`` for the startup line."""
+    from degen.detect.watch import KINDS
+
+    cut = [k for k in KINDS if k in kinds]
+    rest = [k for k in KINDS if k not in kinds]
+    if not cut:
+        return f"watching {', '.join(rest)}, cutting nothing"
+    out = f"cutting {', '.join(cut)}"
+    if reason == "length":
+        out += " (finish_reason length)"
+    return out + (f"; watching {', '.join(rest)}" if rest else "")

@@ -45,11 +45,17 @@ Device = Annotated[str, typer.Option(help="local: auto, cpu, cuda, cuda:N.",
                                      rich_help_panel=ENGINE)]
 Dtype = Annotated[str, typer.Option(help="local: auto (fp32 on CPU, bf16 on CUDA), float32, "
                                     "bfloat16, float16.", rich_help_panel=ENGINE)]
-Guard = Annotated[bool, typer.Option("--guard/--no-guard", help="Cut a looping generation as "
-                                     "soon as the streaming loop detector confirms the loop "
-                                     "(finish_reason \"repetition\", counted as a failure). "
+Guard = Annotated[bool, typer.Option("--guard/--no-guard", help="Cut a generation as soon as "
+                                     "the watch confirms a degeneration (finish_reason "
+                                     "\"repetition\" for a loop, \"degenerate\" for "
+                                     "gibberish or glued words; counted as a failure). "
                                      "openai: streams the responses.",
                                      rich_help_panel=ENGINE)]
+Logprobs = Annotated[bool | None, typer.Option(
+    "--logprobs/--no-logprobs", help="Record each sampled token's log-probability in "
+    "extra[\"logprobs\"] (the watch and the verdicts weigh them in); openai: asks the "
+    "server for them. Default: on with --guard.", show_default=False,
+    rich_help_panel=ENGINE)]
 
 Temperature = Annotated[float, typer.Option(help="0 = greedy.", rich_help_panel=SAMPLING)]
 TopP = Annotated[float, typer.Option(help="Nucleus mass; 1 = off.", rich_help_panel=SAMPLING)]
@@ -93,14 +99,18 @@ Seed = Annotated[int, typer.Option(help="Seeds prompt order, arrivals and every 
 
 def engine_options(engine: str, *, model: str | None, base_url: str, api_key: str | None,
                    api: str, stream: bool, dialect: str, timeout: float, retries: int,
-                   batch_size: int, device: str, dtype: str) -> dict[str, Any]:
-    """The constructor options of ``engine`` from the flags (others are ignored)."""
+                   batch_size: int, device: str, dtype: str,
+                   logprobs: bool | None = None) -> dict[str, Any]:
+    """The constructor options of ``engine`` from the flags (others are ignored;
+    ``logprobs`` None leaves the engine's default)."""
+    extra = {} if logprobs is None else {"logprobs": logprobs}
     if engine == "local":
-        return {"model": model, "batch_size": batch_size, "device": device, "dtype": dtype}
+        return {"model": model, "batch_size": batch_size, "device": device, "dtype": dtype,
+                **extra}
     if engine == "openai":
         return {"base_url": base_url, "api_key": api_key, "model": model, "api": api,
                 "stream": stream, "dialect": dialect, "timeout": timeout,
-                "max_retries": retries}
+                "max_retries": retries, **extra}
     return {"model": model}
 
 

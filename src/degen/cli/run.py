@@ -33,6 +33,7 @@ def run(
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
     guard: o.Guard = False,
+    logprobs: o.Logprobs = None,
     temperature: o.Temperature = 1.0,
     top_p: o.TopP = 1.0,
     top_k: o.TopK = 0,
@@ -100,7 +101,7 @@ def run(
     opts = o.engine_options(
         engine, model=model, base_url=base_url, api_key=api_key, api=api, stream=stream,
         dialect=dialect, timeout=timeout, retries=retries, batch_size=batch_size,
-        device=device, dtype=dtype)
+        device=device, dtype=dtype, logprobs=logprobs)
     if engine in ("local", "openai"):
         opts["guard"] = guard
     elif guard:

@@ -16,9 +16,10 @@ from degen.cli import options as o
 HELP = """Search sampling parameters that stop runaways (an Optuna study), confirm the
 best against the engine's defaults on new requests, and write a report.
 
-Every trial sends the same requests (common random numbers); loops are cut early
-and count as failures; trials confidently worse than the best are pruned. The
-study lives in OUT/study.db (or --storage, shared by several workers)."""
+Every trial sends the same requests (common random numbers); loops, babble and
+glued words are cut early and count as failures; trials confidently worse than the
+best are pruned. The study lives in OUT/study.db (or --storage, shared by several
+workers)."""
 
 REPORT_HELP = """Write OUT/report.html (self-contained, works offline) and OUT/report.md
 from a tuning study's folder."""
@@ -69,9 +70,9 @@ def tune(
     max_tokens: Annotated[int, typer.Option(help="Generation cap; hitting it is a runaway.",
                                             rich_help_panel=TUNE)] = 256,
     seed: o.Seed = 0,
-    early_cut: Annotated[bool, typer.Option(help="Cut looping generations as soon as the "
-                                            "streaming detector confirms a loop (a failure "
-                                            "costs tens of tokens).",
+    early_cut: Annotated[bool, typer.Option(help="Cut a generation as soon as the watch "
+                                            "confirms a loop, babble or glued words (a "
+                                            "failure costs tens of tokens).",
                                             rich_help_panel=TUNE)] = True,
     prune: Annotated[bool, typer.Option(help="Stop trials confidently worse than the best.",
                                         rich_help_panel=TUNE)] = True,

@@ -8,8 +8,10 @@ A detector is a small callable, like transformers' ``StoppingCriteria``:
   from many threads;
 - it returns ``None`` when it sees nothing, or one :class:`Finding` with evidence.
 
-:class:`DetectorList` runs several and returns every finding. Detectors are
-registered by name; a miss lists the registered names.
+:class:`DetectorList` runs several and returns every finding. A detector may also
+report several kinds at once (:class:`~degen.detect.watch.TextWatch`, the one watch
+behind every text kind): its call returns a list. Detectors are registered by name; a
+miss lists the registered names.
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ class Detector(ABC):
     kind: ClassVar[str] = ""
 
     @abstractmethod
-    def __call__(self, completion: Completion) -> Finding | None:
-        """The finding for ``completion``, or None. Pure: no I/O, no mutation."""
+    def __call__(self, completion: Completion) -> Finding | list[Finding] | None:
+        """The finding for ``completion``, or None (a detector of several kinds: the
+        list of its findings). Pure: no I/O, no mutation."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -75,7 +78,14 @@ class DetectorList:
                 raise InvalidParams(f"{d!r} is not a Detector")
 
     def __call__(self, completion: Completion) -> list[Finding]:
-        return [f for d in self.detectors if (f := d(completion)) is not None]
+        out: list[Finding] = []
+        for d in self.detectors:
+            f = d(completion)
+            if isinstance(f, list):
+                out.extend(f)
+            elif f is not None:
+                out.append(f)
+        return out
 
     def __iter__(self) -> Iterator[Detector]:
         return iter(self.detectors)

@@ -1,35 +1,48 @@
 """``loop``: the text falls into a repeating unit ("lesson lesson lesson", a line or
 a paragraph over and over, "44. Fire 45. Fire 46. Fire").
 
-Text is cut into units (lower-cased words, runs of one punctuation mark); every
-number is the same unit ``<num>``, so a counter that changes while nothing new is
-said still repeats. A repeating unit made only of numbers and punctuation (counting
-"1, 2, 3, ...") is not a loop: someone may have asked for it.
+Text is cut into units (words, runs of one punctuation mark); every number is the
+same unit ``<num>``, so a counter that changes while nothing new is said still
+repeats.
 
-The core is :class:`PeriodTracker`, a streaming check fed one unit (token id or
-word) at a time, whose cost per unit does not grow with the length of the text:
+The core is :class:`PeriodTracker`, a streaming check fed one unit at a time whose
+cost per unit does not grow with the length of the text:
 
 - for every *active* period p it keeps the length of the current run of positions
   where ``s[i] == s[i - p]``, dropping p at the first mismatch;
 - a new candidate period is proposed only by the distance from the new unit to its
   previous occurrence (at most ``max_period`` back), so normal text keeps a handful
   of short-lived candidates and a loop of period p keeps one;
-- a loop is *confirmed* when a run of period p covers ``max(min_span, 2p + extra)``
-  units (two whole units and a bit of the third; 16 units at least): with the
-  defaults it is found at most ``2.5 p + 16`` units after its onset.
+- a run is *confirmed* when it covers ``max(min_span, 2p + extra)`` units.
 
-:class:`LoopDetector` runs the tracker over a whole completion and reports the
-first confirmed loop with its onset, period, repeating unit, how many times it
-repeats and whether it runs to the end of the text.
+:class:`LoopTrack` is the one place a confirmed run is judged; the
+:class:`~degen.detect.watch.Watch` feeds it every unit of the text as it arrives, and
+:class:`LoopDetector` is that watch run to the end of a completion. A run is
+legitimate, and watched to its end without a finding, when:
+
+- **requested**: the prompt holds the repeated words ("write 'I will not talk in
+  class' ten times"); it may repeat as often as the prompt asks ("ten times": 10,
+  plus ``margin``; with no count, ``requested_repeats``), and is a loop past that;
+- **data**: a near-repeat whose numbers carry information: some number slot takes
+  values whose steps vary (CSV rows, a table with measured values). A counter with
+  nothing new ("44. Fire 45. Fire") is waited on until every number slot has
+  ``settle_values`` values, then called a loop;
+- **counting**: a unit of only numbers and punctuation whose numbers change
+  ("1, 2, 3, ..."); "1. 1. 1. 1." is still a loop;
+- **markup**: a unit with no word and no number (the rule of a wide Markdown table,
+  ``|---|---|...``) may run for ``markup_units`` units.
+
+Once a legitimate run ends, a fresh tracker starts at the unit that breaks it. When
+the text ends during a run still being waited on, it is judged as a run that reaches
+the end (a requested phrase within its count is still legitimate there).
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from degen.detect.base import Detector, Finding
@@ -37,7 +50,10 @@ from degen.errors import InvalidParams
 from degen.records import Completion
 
 # words, runs of one punctuation character ("---", "!!!"), other single symbols
-_UNIT = re.compile(r"\w+|([^\w\s])\1*", re.UNICODE)
+UNIT = re.compile(r"\w+|([^\w\s])\1*", re.UNICODE)
+NUM = "<num>"
+_WAIT = "wait"  # a verdict that needs more of the run
+_MAX_VETOED = 64  # legitimate runs kept in ``vetoed`` (all are counted in ``vetoes``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,73 +73,82 @@ class Loop:
 class PeriodTracker:
     """Streaming exact-repeat detector over hashable units. See the module doc."""
 
-    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8,
-                 accept: Callable[[list[Hashable]], bool] | None = None) -> None:
+    def __init__(self, max_period: int = 256, min_span: int = 20, extra: int = 2,
+                 repeats: int = 3) -> None:
         if max_period < 1:
             raise InvalidParams(f"max_period must be >= 1, got {max_period}")
         if min_span < 2:
             raise InvalidParams(f"min_span must be >= 2 (a unit and its repeat), got {min_span}")
         if extra < 0:
             raise InvalidParams(f"extra must be >= 0, got {extra}")
+        if repeats < 2:
+            raise InvalidParams(f"repeats must be >= 2 (a unit and its repeat), got {repeats}")
         self.max_period, self.min_span, self.extra = max_period, min_span, extra
+        self.repeats = repeats
         # enough history to look back one period and to extend an onset backwards
         self._buf: deque[Hashable] = deque(maxlen=4 * max_period + min_span)
         self._last: dict[Hashable, int] = {}
         self._active: dict[int, int] = {}  # period -> run length ending at the last unit
         self.n = 0  # units seen
-        self.loop: Loop | None = None  # the first confirmed loop
-        self.accept = accept  # veto on a loop's unit (called once per candidate period)
-        self._vetoed: set[int] = set()
 
     def need(self, period: int) -> int:
         """Periodic units needed to confirm a loop of ``period``."""
-        return max(self.min_span, 2 * period + self.extra)
+        return max(self.min_span, self.repeats * period + self.extra)
 
-    def _at(self, pos: int) -> Hashable:
-        return self._buf[pos - (self.n - len(self._buf))]
+    def tail(self, repeats: float) -> Loop | None:
+        """The shortest run still going on at the last unit that covers ``repeats``
+        periods (and ``min_span`` units), or None: what a text that ends here ends in."""
+        best = None
+        for p, run in self._active.items():
+            if run + p >= max(self.min_span, repeats * p) and (best is None or p < best):
+                best = p
+        return None if best is None else self._extend_back(best, self._active[best] + best)
 
     def push(self, unit: Hashable) -> Loop | None:
-        """Add one unit; return the loop the first time one is confirmed, else None."""
+        """Add one unit; return a run of repeats the moment it is long enough."""
         n = self.n
         buf = self._buf
         active = self._active
+        found = None
         if active:
+            size = len(buf)
             for p in list(active):
-                if buf[len(buf) - p] == unit:
-                    active[p] += 1
+                if buf[size - p] == unit:
+                    run = active[p] = active[p] + 1
+                    if found is None and run + p >= self.need(p):
+                        found = p
                 else:
                     del active[p]
-                    self._vetoed.discard(p)
-        j = self._last.get(unit)
+        last = self._last
+        j = last.get(unit)
         if j is not None:
             p = n - j
             if p <= self.max_period and p not in active:
                 active[p] = 1
-        self._last[unit] = n
+        last[unit] = n
+        if len(last) > 8 * self.max_period + 1024:  # forget units out of reach
+            lo = n - self.max_period
+            self._last = {u: k for u, k in last.items() if k >= lo}
         buf.append(unit)
         self.n = n + 1
-        if self.loop is None and active:
-            for p in sorted(active):
-                span = active[p] + p
-                if span >= self.need(p) and p not in self._vetoed:
-                    if self.accept is not None and not self.accept(list(buf)[-p:]):
-                        self._vetoed.add(p)
-                        continue
-                    self.loop = self._extend_back(p, span)
-                    return self.loop
-        return None
+        if found is None:
+            return None
+        # the shortest period among those long enough
+        p = min(q for q, r in active.items() if r + q >= self.need(q))
+        return self._extend_back(p, active[p] + p)
 
     def _extend_back(self, p: int, span: int) -> Loop:
         """Move the onset back while the unit before it also repeats (the run may have
         started before its period became a candidate)."""
-        onset = self.n - span
-        lo = self.n - len(self._buf)
-        while onset - 1 >= lo and self._at(onset - 1) == self._at(onset - 1 + p):
+        buf, n = self._buf, self.n
+        lo = n - len(buf)
+        onset = n - span
+        while onset - 1 >= lo and buf[onset - 1 - lo] == buf[onset - 1 + p - lo]:
             onset -= 1
-        return Loop(onset=onset, period=p, span=self.n - onset)
+        return Loop(onset=onset, period=p, span=n - onset)
 
     def feed(self, units: Iterable[Hashable]) -> Loop | None:
-        """Push every unit; return the first loop confirmed on the way (or None)."""
+        """Push every unit; return the first run confirmed on the way (or None)."""
         for u in units:
             found = self.push(u)
             if found is not None:
@@ -131,15 +156,12 @@ class PeriodTracker:
         return None
 
 
-NUM = "<num>"
-
-
 def norm(unit: str) -> str:
     """A text unit as the tracker sees it: lower-cased, every number ``<num>``."""
     return NUM if unit.isdigit() else unit.lower()
 
 
-def says_something(unit: list[Hashable]) -> bool:
+def says_something(unit: Sequence[Hashable]) -> bool:
     """A loop's unit holds a word, not just numbers and punctuation (counting)."""
     return any(isinstance(u, str) and u != NUM and u[:1].isalnum() for u in unit)
 
@@ -147,7 +169,7 @@ def says_something(unit: list[Hashable]) -> bool:
 def text_units(text: str) -> tuple[list[str], list[int]]:
     """Loop units of ``text`` (see :func:`norm`) and their char offsets."""
     units, offsets = [], []
-    for m in _UNIT.finditer(text):
+    for m in UNIT.finditer(text):
         units.append(norm(m.group(0)))
         offsets.append(m.start())
     return units, offsets
@@ -161,11 +183,12 @@ def measure(seq: Sequence[Hashable], onset: int, period: int) -> int:
     return i - onset
 
 
-def _words(units: Sequence[Hashable]) -> list[Hashable]:
+def words_of(units: Iterable[Hashable]) -> list[Hashable]:
+    """The word units (not numbers, not punctuation)."""
     return [u for u in units if isinstance(u, str) and u != NUM and u[:1].isalnum()]
 
 
-def _asked_for(unit_words: list[Hashable], prompt_words: list[Hashable]) -> bool:
+def asked_for(unit_words: list[Hashable], prompt_words: list[Hashable]) -> bool:
     """The unit's words (in some rotation) appear, in order, in the prompt's words."""
     n = len(unit_words)
     if n == 0 or len(prompt_words) < n:
@@ -174,52 +197,11 @@ def _asked_for(unit_words: list[Hashable], prompt_words: list[Hashable]) -> bool
     return any(tuple(unit_words[k:] + unit_words[:k]) in grams for k in range(n))
 
 
-def _number_steps(units: Sequence[Hashable], offsets: Sequence[int], text: str, start: int,
-                  period: int, span: int) -> list[set[int]]:
-    """For each number slot of the unit, the set of steps between its successive values."""
-    out = []
-    for k in range(period):
-        if units[start + k] != NUM:
-            continue
-        vals = []
-        for i in range(start + k, start + span, period):
-            m = _UNIT.match(text, offsets[i])
-            vals.append(int(m.group(0)) if m and m.group(0).isdigit() else 0)
-        out.append({b - a for a, b in itertools.pairwise(vals)})
-    return out
-
-
-def legitimate(units: Sequence[Hashable], offsets: Sequence[int], text: str, start: int,
-               period: int, span: int, reaches_end: bool,
-               prompt_words: list[Hashable]) -> str | None:
-    """Why a repeating run is not degenerate (None: it is a loop).
-
-    - ``"requested"``: the prompt holds the repeated words ("write 'I will not talk in
-      class' ten times") and the text moves on afterwards; a requested phrase repeated
-      to the very end of the text is still a loop.
-    - ``"data"``: a near-repeat whose numbers carry information: some number slot takes
-      values that are not a counter (steps that vary). "44. Fire 45. Fire" only counts;
-      CSV rows and table lines with measured values say something new.
-    - ``"counting"``: a unit of only numbers and punctuation whose numbers change
-      ("1, 2, 3, ..."): someone may have asked for it. "1. 1. 1. 1." is still a loop.
-    """
-    unit = list(units[start:start + period])
-    if not reaches_end and _asked_for(_words(unit), prompt_words):
-        return "requested"
-    if NUM in unit:
-        steps = _number_steps(units, offsets, text, start, period, span)
-        if any(len(s) > 1 for s in steps):
-            return "data"
-        if not says_something(unit) and any(s != {0} for s in steps):
-            return "counting"
-    return None
-
-
 def prompt_text(messages: Iterable[Mapping[str, Any]] | None = None,
                 prompt: str | Iterable[Any] | None = None) -> str:
-    """The text a request asked with, as LoopDetector reads it: a raw prompt (or the
-    strings of a list of prompts), else every chat message but the assistant's (string
-    contents and the text parts of list contents)."""
+    """The text a request asked with: a raw prompt (or the strings of a list of
+    prompts), else every chat message but the assistant's (string contents and the
+    text parts of list contents)."""
     if isinstance(prompt, str):
         return prompt
     if prompt is not None:
@@ -237,8 +219,450 @@ def prompt_text(messages: Iterable[Mapping[str, Any]] | None = None,
     return " ".join(parts)
 
 
+_SMALL = {w: i for i, w in enumerate((
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty"))}
+_TENS = {w: 10 * i for i, w in enumerate((
+    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")) if w}
+_NUMBER_WORDS = {**_SMALL, **_TENS, "hundred": 100, "dozen": 12}
+_COUNT = re.compile(
+    r"\b(?:(" + "|".join(_TENS) + r")[\s-]+)?(\d{1,4}|" + "|".join(_NUMBER_WORDS)
+    + r")\s*(?:times|x)\b|\b(twice|thrice)\b", re.IGNORECASE)
+
+
+def requested_count(prompt: str) -> int | None:
+    """How many times the prompt asks for something ("ten times", "12x", "twice"), the
+    largest such count, or None.
+
+    >>> requested_count("Say hello three times, then twenty-five times more.")
+    25
+    >>> requested_count("Say hello.") is None
+    True
+    """
+    best: int | None = None
+    for m in _COUNT.finditer(prompt):
+        tens, word, once = m.groups()
+        if once:
+            n = 2 if once.lower() == "twice" else 3
+        else:
+            n = int(word) if word.isdigit() else _NUMBER_WORDS[word.lower()]
+            if tens and n < 10:
+                n += _TENS[tens.lower()]
+        best = n if best is None else max(best, n)
+    return best
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The values one number position of a repeating unit takes, run by run. The step
+    into the run's first repeat is kept apart: a run's onset may reach back into what
+    came before it (the row before a repeated row), with another number there."""
+
+    last: int
+    count: int = 1
+    first: int | None = None
+    steps: set[int] = field(default_factory=set)
+
+    def add(self, value: int) -> None:
+        if self.first is None:
+            self.first = value - self.last
+        elif len(self.steps) < 2:  # two distinct steps already decide "data"
+            self.steps.add(value - self.last)
+        self.last = value
+        self.count += 1
+
+    @property
+    def moves(self) -> set[int]:
+        """The steps seen (the first one only while it is the only one)."""
+        if self.steps:
+            return self.steps
+        return {self.first} if self.first is not None else set()
+
+
+@dataclass(slots=True)
+class _Run:
+    """A repeating run the tracker confirmed, being judged."""
+
+    start: int  # unit index of its onset
+    period: int
+    span: int  # units from the onset that repeat so far
+    unit: list[Hashable]
+    unit_text: str
+    start_char: int
+    slots: dict[int, _Slot]  # number positions in the unit -> their values
+    asked: bool
+    says: bool
+    waited: bool = False
+    code: bool = False  # confirmed inside code: parallel lines are its nature
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:  # a digit Python will not read as a number ("²")
+        return 0
+
+
+class LoopTrack:
+    """The loop part of a :class:`~degen.detect.watch.Watch`: fed one text unit at a
+    time (:meth:`push`), it confirms repeating runs with a :class:`PeriodTracker` and
+    judges them (see the module doc), and watches sentences for a cycle of a few
+    variants (:class:`SentenceCycle`). Not thread-safe: one per stream.
+
+    Args:
+        prompt: what the request asked (see :func:`prompt_text`).
+        text: ``text(a, b)`` gives the stream's characters ``a`` to ``b`` (for the
+            evidence); the watch keeps them while a unit in this track's window needs
+            them (:attr:`oldest_offset`).
+        max_period, min_span, extra, repeats: the :class:`PeriodTracker`'s.
+        end_repeats: repeats that make a loop of a run still going when the text ends.
+        code_repeats: repeats a run confirmed inside code needs (parallel lines are the
+            nature of code).
+        requested_repeats, margin, settle_values, markup_units: see the module doc.
+        cycle: options of :class:`SentenceCycle` (``False``: no sentence cycles).
+    """
+
+    def __init__(self, prompt: str, text: Callable[[int, int], str], *,
+                 max_period: int = 256, min_span: int = 20, extra: int = 2, repeats: int = 3,
+                 end_repeats: float = 2.5, requested_repeats: int = 20, margin: int = 2,
+                 settle_values: int = 12, markup_units: int = 128, code_repeats: int = 4,
+                 cycle: Mapping[str, int] | bool = True) -> None:
+        self._tracker_args = (max_period, min_span, extra, repeats)
+        self._tracker = PeriodTracker(*self._tracker_args)  # validates them
+        check_loop_options(requested_repeats, margin, settle_values, markup_units, end_repeats)
+        self.requested_repeats, self.margin = requested_repeats, margin
+        self.settle_values, self.markup_units = settle_values, markup_units
+        self.end_repeats = end_repeats
+        self.code_repeats = code_repeats
+        self.cycle: SentenceCycle | None = None
+        if cycle is not False:
+            self.cycle = SentenceCycle(**(cycle if isinstance(cycle, Mapping) else {}))
+        self._prompt = prompt
+        self._text = text
+        self._prompt_words: list[Hashable] | None = None
+        self._count: int | bool | None = False  # the prompt's count, once read
+        self._numbers: int | None = None  # the largest number in the prompt, once read
+        size = (self._tracker._buf.maxlen or 0) + 1
+        self._units: deque[Hashable] = deque(maxlen=size)
+        self._raw: deque[str] = deque(maxlen=size)
+        self._offs: deque[int] = deque(maxlen=size)
+        self._pos = 0  # unit where the current tracker started
+        self._run: _Run | None = None  # a run being judged
+        self._follow: int | None = None  # period of a legitimate run followed to its end
+        self.n = 0  # units seen
+        self.finding: Finding | None = None
+        self.vetoed: list[dict[str, Any]] = []
+        self.vetoes: Counter[str] = Counter()
+
+    @property
+    def oldest_offset(self) -> int | None:
+        """Char offset of the oldest unit still held (the watch keeps text from there)."""
+        return self._offs[0] if self._offs else None
+
+    @property
+    def waiting(self) -> bool:
+        """A repeating run is being watched whose verdict needs more text."""
+        return self._run is not None
+
+    def push(self, raw: str, offset: int, newline: bool = False, code: bool = False
+             ) -> Finding | None:
+        """One unit of the text (as :data:`UNIT` cuts it) at char ``offset``;
+        ``newline``: a line break came before it; ``code``: it is inside code."""
+        if self.finding is not None:
+            return self.finding
+        unit = NUM if raw.isdigit() else raw.lower()
+        if self.cycle is not None:
+            cyc = self.cycle.push(raw, offset, newline)
+            if cyc is not None:
+                cyc["sentences"] = [self._text(a, b) for a, b in cyc.pop("spans")]
+                if self._cycle_is_loop(cyc):
+                    return self._found_cycle(cyc)
+        i = self.n
+        self._units.append(unit)
+        self._raw.append(raw)
+        self._offs.append(offset)
+        self.n = i + 1
+        if self._follow is not None:  # a legitimate run: wait for its end
+            if unit == self._unit_at(i - self._follow):
+                return None
+            self._follow = None
+            self._restart(i, unit)
+            return None
+        run = self._run
+        if run is not None:
+            if unit != self._unit_at(i - run.period):  # the run ended before a verdict
+                self._run = None
+                why = self._judge(run, ended=True, at_end=False)
+                if why is None:
+                    return self._found(run)
+                self._veto(run, why)
+                self._restart(i, unit)
+                return None
+            run.span += 1
+            slot = run.slots.get((i - run.start) % run.period)
+            if slot is not None:
+                slot.add(_int(raw))
+        else:
+            loop = self._tracker.push(unit)
+            if loop is None:
+                return None
+            run = self._open(self._pos + loop.onset, loop.period)
+            run.code = code
+        return self._decide(run, ended=False, at_end=False)
+
+    def finish(self) -> Finding | None:
+        """The text ended: judge a run still open as one that reaches the end, and a run
+        the tracker has not confirmed yet by ``end_repeats``."""
+        if self.finding is not None:
+            return self.finding
+        run = self._run
+        if run is None and self._follow is None:
+            tail = self._tracker.tail(self.end_repeats)
+            if tail is not None:
+                run = self._open(self._pos + tail.onset, tail.period)
+        if run is not None:
+            self._run = None
+            return self._decide(run, ended=True, at_end=True)
+        return None
+
+    # ------------------------------------------------------------------ internals
+    def _decide(self, run: _Run, ended: bool, at_end: bool) -> Finding | None:
+        why = self._judge(run, ended=ended, at_end=at_end)
+        if why == _WAIT:
+            run.waited = True
+            self._run = run
+            return None
+        self._run = None
+        if why is None:
+            return self._found(run)
+        self._veto(run, why)
+        if not ended:
+            self._follow = run.period
+        return None
+
+    def _unit_at(self, i: int) -> Hashable:
+        return self._units[i - (self.n - len(self._units))]
+
+    def _restart(self, i: int, unit: Hashable) -> None:
+        """A fresh tracker from unit ``i`` on (past a legitimate run)."""
+        self._tracker = PeriodTracker(*self._tracker_args)
+        self._pos = i
+        self._tracker.push(unit)
+
+    def _open(self, start: int, period: int) -> _Run:
+        first = self.n - len(self._units)
+        k0 = start - first
+        unit = [self._units[k0 + k] for k in range(period)]
+        slots: dict[int, _Slot] = {}
+        for k in range(period):
+            if unit[k] != NUM:
+                continue
+            j = k0 + k
+            slot = _Slot(_int(self._raw[j]))
+            for j2 in range(j + period, len(self._units), period):
+                slot.add(_int(self._raw[j2]))
+            slots[k] = slot
+        a = self._offs[k0]
+        b = self._offs[k0 + period] if k0 + period < len(self._offs) else a + 200
+        return _Run(start=start, period=period, span=self.n - start, unit=unit,
+                    unit_text=self._text(a, b), start_char=a, slots=slots,
+                    asked=asked_for(words_of(unit), self._prompt_words_()),
+                    says=says_something(unit))
+
+    def _prompt_words_(self) -> list[Hashable]:
+        if self._prompt_words is None:
+            self._prompt_words = words_of(text_units(self._prompt)[0])
+        return self._prompt_words
+
+    def _requested_count(self) -> int | None:
+        if self._count is False:
+            self._count = requested_count(self._prompt)
+        return self._count  # type: ignore[return-value]
+
+    def _count_limit(self) -> int:
+        """Values a counter may take before it is a loop: ``settle_values``, or the
+        largest number in the prompt ("list 40 primes", "count to 100"), plus margin."""
+        if self._numbers is None:
+            nums = [int(m) for m in re.findall(r"\b\d{1,5}\b", self._prompt)]
+            self._numbers = max(nums, default=0)
+        return max(self.settle_values, self._numbers) + self.margin
+
+    def _judge(self, run: _Run, ended: bool, at_end: bool) -> str | None:
+        """The run so far: a reason it is legitimate, None (a loop) or ``_WAIT``.
+        ``ended``: the run is over (``at_end``: by the end of the text)."""
+        if run.code and run.span < self.code_repeats * run.period:
+            if ended:
+                return "code"
+            return _WAIT
+        if run.asked:
+            count = self._requested_count()
+            limit = (count if count else self.requested_repeats) + self.margin
+            within = run.span <= limit * run.period
+            if ended and (within or not at_end):
+                return "requested"
+            if within:
+                return _WAIT
+            # longer than asked: judged as any other run
+        if run.slots:
+            slots = list(run.slots.values())
+            steps = [sl.moves for sl in slots]
+            moving = [next(iter(st)) for st in steps if len(st) == 1 and st != {0}]
+            if any(len(st) > 1 for st in steps) or len(set(moving)) > 1:
+                return "data"  # numbers that say something (a table, measurements)
+            values = min(sl.count for sl in slots)
+            if moving and not (len(moving) >= 2 and moving[0] == len(moving)):
+                # a counter (not a numbered list recycling its items: k numbers that
+                # each step by k): legitimate while it counts no further than asked
+                if values <= self._count_limit():
+                    return "counting" if ended else _WAIT
+                return None
+            if values < 3 and not ended and not moving:  # a number that has not moved
+                return _WAIT
+            if moving:
+                return None
+        elif not run.says:  # neither word nor number: markup such as a table's rule
+            if ended and not at_end:
+                return "markup"
+            if not ended and run.span <= self.markup_units:
+                return _WAIT
+        return None
+
+    def _cycle_is_loop(self, cyc: dict[str, Any]) -> bool:
+        """A sentence cycle is a loop unless its sentences are what the prompt asked."""
+        asked = all(asked_for(words_of(text_units(t)[0]), self._prompt_words_())
+                    for t in cyc["sentences"])
+        if asked:
+            self.vetoes["requested"] += 1
+            self.cycle = None  # asked for: sentences are not watched any more
+            return False
+        return True
+
+    def _found_cycle(self, cyc: dict[str, Any]) -> Finding:
+        shown = " / ".join(t.strip()[:40] for t in cyc["sentences"][:4])
+        self.finding = Finding(
+            kind="loop", score=min(1.0, 0.5 + 0.03 * cyc["repeated"]),
+            start_char=cyc["start_char"], start_unit=None, unit="word",
+            message=f"{cyc['distinct']} sentences cycle over the last {cyc['window']} "
+                    f"from char {cyc['start_char']}: {shown!r}",
+            evidence={"period": None, "cycle": True, "repeats": cyc["repeated"],
+                      "unit_text": shown[:200], "sentences": cyc["sentences"][:8],
+                      "distinct": cyc["distinct"], "window": cyc["window"],
+                      "detected_at_unit": self.n, "near": True, "waited": False,
+                      "vetoed_before": sum(self.vetoes.values())},
+        )
+        return self.finding
+
+    def _veto(self, run: _Run, why: str) -> None:
+        self.vetoes[why] += 1
+        if len(self.vetoed) < _MAX_VETOED:
+            self.vetoed.append({"reason": why, "start_char": run.start_char,
+                                "period": run.period, "repeats": round(run.span / run.period, 2),
+                                "unit_text": run.unit_text[:80]})
+
+    def _found(self, run: _Run) -> Finding:
+        repeats = run.span / run.period
+        shown = run.unit_text.strip()[:60]
+        after = self.n - run.start
+        self.finding = Finding(
+            kind="loop", score=min(1.0, 0.5 + 0.05 * repeats), start_char=run.start_char,
+            start_unit=run.start, unit="word",
+            message=f"{shown!r} repeats {repeats:.1f} times from char {run.start_char} "
+                    f"(confirmed {after} units after its onset)",
+            evidence={"period": run.period, "repeats": round(repeats, 2),
+                      "span_units": run.span, "near": NUM in run.unit,
+                      "unit_text": run.unit_text[:200],
+                      "detected_after_units": after, "detected_at_unit": self.n,
+                      "waited": run.waited, "vetoed_before": sum(self.vetoes.values())},
+        )
+        return self.finding
+
+
+class SentenceCycle:
+    """A loop that is not periodic: the text keeps cycling through a few sentences
+    ("Thank you for your patience. Thank you for your understanding. Thank you for your
+    patience and understanding. ..."). Sentences end at ``.``, ``!``, ``?`` and line
+    breaks and are compared lower-cased, numbers as written (but for a number among the
+    first two words: a list or step marker). Confirmed when, of the last
+    ``window`` sentences of at least ``min_words`` words, at least ``repeated`` are
+    copies of one among the ``memory`` before them and at most ``distinct`` differ.
+
+    Args: window, repeated, distinct, memory, min_words (see above).
+    """
+
+    def __init__(self, window: int = 12, repeated: int = 11, distinct: int = 4,
+                 memory: int = 32, min_words: int = 3) -> None:
+        if not 2 <= repeated <= window or distinct < 1 or memory < window or min_words < 1:
+            raise InvalidParams("cycle needs 2 <= repeated <= window, distinct >= 1, "
+                                "memory >= window and min_words >= 1")
+        self.window, self.repeated, self.distinct = window, repeated, distinct
+        self.memory, self.min_words = memory, min_words
+        self._words: list[str] = []
+        self._start: int | None = None
+        self._end_at = 0  # char offset just past the sentence's last unit
+        self._past: deque[tuple[tuple[str, ...], int, int]] = deque(maxlen=memory)
+        self._counts: Counter[tuple[str, ...]] = Counter()  # sentences in _past
+        self._flags: deque[bool] = deque(maxlen=window)
+
+    def push(self, raw: str, offset: int, newline: bool) -> dict[str, Any] | None:
+        """One unit; a cycle (its first sentence's offset, the sentences' spans...) the
+        moment one is confirmed."""
+        found = self._end() if newline and self._words else None
+        c = raw[0]
+        if c in ".!?…":
+            return self._end() if self._words else found
+        if c.isalnum():
+            if self._start is None:
+                self._start = offset
+            # a number that opens a sentence is a list or step marker ("Step 12:")
+            words = self._words
+            words.append(NUM if len(words) < 2 and raw.isdigit() else raw.lower())
+            self._end_at = offset + len(raw)
+        return found
+
+    def _end(self) -> dict[str, Any] | None:
+        words, start = tuple(self._words), self._start
+        self._words, self._start = [], None
+        if len(words) < self.min_words or start is None:
+            return None
+        past, counts = self._past, self._counts
+        seen = counts[words] > 0
+        if len(past) == past.maxlen:
+            old = past[0][0]
+            counts[old] -= 1
+            if not counts[old]:
+                del counts[old]
+        past.append((words, start, self._end_at))
+        counts[words] += 1
+        self._flags.append(seen)
+        if len(self._flags) < self.window or sum(self._flags) < self.repeated:
+            return None
+        recent = list(past)[-self.window:]
+        kinds = {w for w, _, _ in recent}
+        if len(kinds) > self.distinct:
+            return None
+        spans: list[tuple[int, int]] = []
+        firsts: set[tuple[str, ...]] = set()
+        for w, a, b in recent:
+            if w not in firsts:
+                firsts.add(w)
+                spans.append((a, b))
+        return {"start_char": recent[0][1], "spans": spans, "distinct": len(kinds),
+                "window": self.window, "repeated": sum(self._flags)}
+
+
+def check_loop_options(requested_repeats: int, margin: int, settle_values: int,
+                       markup_units: int, end_repeats: float = 2.5) -> None:
+    for name, v, lo in (("requested_repeats", requested_repeats, 1), ("margin", margin, 0),
+                        ("settle_values", settle_values, 3), ("markup_units", markup_units, 1),
+                        ("end_repeats", end_repeats, 2)):
+        if v < lo:
+            raise InvalidParams(f"{name} must be >= {lo}, got {v}")
+
+
 class LoopDetector(Detector):
-    """Finds the first exact loop in a completion's text.
+    """The first loop in a completion: a :class:`~degen.detect.watch.Watch` that looks
+    only for loops, run over the whole text (so it answers exactly as the guard would).
 
     Args:
         max_period: longest repeating unit looked for, in units (words/punctuation).
@@ -248,143 +672,21 @@ class LoopDetector(Detector):
 
     kind = "loop"
 
-    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8) -> None:
-        PeriodTracker(max_period, min_span, extra)  # validates
+    def __init__(self, max_period: int = 256, min_span: int = 20, extra: int = 2,
+                 repeats: int = 3) -> None:
+        PeriodTracker(max_period, min_span, extra, repeats)  # validates
         self.max_period, self.min_span, self.extra = max_period, min_span, extra
+        self.repeats = repeats
 
     def __call__(self, completion: Completion) -> Finding | None:
-        text = completion.text
-        units, offsets = text_units(text)
-        asked = prompt_text(completion.messages, completion.prompt or None)
-        prompt_words = _words(text_units(asked)[0])
-        pos = 0
-        while True:  # the first loop that is not legitimate, scanning past those that are
-            tracker = PeriodTracker(self.max_period, self.min_span, self.extra)
-            found = tracker.feed(units[pos:])
-            if found is None:
-                return None
-            start, period = pos + found.onset, found.period
-            span = measure(units, start, period)
-            reaches_end = start + span >= len(units)
-            why = legitimate(units, offsets, text, start, period, span, reaches_end,
-                             prompt_words)
-            if why is None:
-                break
-            pos = start + span
-        unit_start = offsets[start]
-        unit_end = offsets[start + period] if start + period < len(offsets) else len(text)
-        unit_text = text[unit_start:unit_end]
-        repeats = span / period
-        loop = found
-        score = min(1.0, 0.5 + 0.05 * repeats + (0.25 if reaches_end else 0.0))
-        evidence: dict[str, Any] = {
-            "period": period, "repeats": round(repeats, 2), "span_units": span,
-            "near": NUM in units[start:start + period],
-            "unit_text": unit_text[:200], "reaches_end": reaches_end,
-            "detected_after_units": loop.span,
-        }
-        shown = unit_text.strip()[:60]
-        return Finding(
-            kind=self.kind, score=score, start_char=unit_start, start_unit=start, unit="word",
-            message=f"{shown!r} repeats {repeats:.1f} times from char {unit_start}"
-                    + (" to the end" if reaches_end else ""),
-            evidence=evidence,
-        )
+        from degen.detect.watch import WatchConfig, watch_completion
+
+        cfg = WatchConfig(kinds=("loop",), loop={"max_period": self.max_period,
+                                                 "min_span": self.min_span,
+                                                 "extra": self.extra,
+                                                 "repeats": self.repeats})
+        return watch_completion(completion, cfg).get("loop")
 
 
-class StreamingLoopDetector:
-    """Loop detection on a stream, for the guard: feed token ids or text deltas and
-    get a :class:`Finding` the moment a loop is confirmed (then on every later call).
-
-    Cost per unit does not grow with the stream's length (see :class:`PeriodTracker`);
-    memory is bounded by ``4 * max_period`` units. Feed either tokens or text, not both.
-
-    >>> d = StreamingLoopDetector()
-    >>> d.feed_text("Sure! ") is None
-    True
-    >>> f = None
-    >>> for _ in range(20):
-    ...     f = f or d.feed_text("lesson ")
-    >>> f.evidence["period"], f.start_char
-    (1, 6)
-    """
-
-    def __init__(self, max_period: int = 256, min_span: int = 16, extra: int = 8) -> None:
-        self.tracker = PeriodTracker(max_period, min_span, extra)
-        size = self.tracker._buf.maxlen
-        self._offsets: deque[int | None] = deque(maxlen=size)
-        self._pieces: deque[str] = deque(maxlen=size)
-        self._pending = ""
-        self._pending_at = 0  # char offset of _pending in the whole text
-        self.finding: Finding | None = None
-        self._mode: str | None = None
-
-    @property
-    def units(self) -> int:
-        return self.tracker.n
-
-    def _set_mode(self, mode: str) -> None:
-        if self._mode is None:
-            self._mode = mode
-            if mode == "text":
-                self.tracker.accept = says_something
-        elif self._mode != mode:
-            raise InvalidParams("feed either tokens or text to one StreamingLoopDetector")
-
-    def _push(self, unit: Hashable, offset: int | None, piece: str) -> Finding | None:
-        self._offsets.append(offset)
-        self._pieces.append(piece)
-        loop = self.tracker.push(unit)
-        if loop is not None:
-            self.finding = self._make(loop)
-        return self.finding
-
-    def feed_token(self, token_id: int, piece: str = "", offset: int | None = None
-                   ) -> Finding | None:
-        """One generated token (``piece``: its text, for the evidence)."""
-        self._set_mode("token")
-        if self.finding is not None:
-            return self.finding
-        return self._push(token_id, offset, piece)
-
-    def feed_text(self, delta: str) -> Finding | None:
-        """A text delta. A unit touching the end of the text so far is held back until
-        the next delta shows whether it goes on."""
-        self._set_mode("text")
-        if self.finding is not None or not delta:
-            return self.finding
-        self._pending += delta
-        ms = list(_UNIT.finditer(self._pending))
-        if ms and ms[-1].end() == len(self._pending):
-            ms.pop()  # may continue
-        for m in ms:
-            if self._push(norm(m.group(0)), self._pending_at + m.start(), m.group(0)):
-                break
-        if ms:
-            cut = ms[-1].end()
-            self._pending_at += cut
-            self._pending = self._pending[cut:]
-        return self.finding
-
-    def finish(self) -> Finding | None:
-        """The stream ended: take the held-back unit too."""
-        if self._mode == "text" and self.finding is None:
-            for m in _UNIT.finditer(self._pending):
-                self._push(norm(m.group(0)), self._pending_at + m.start(), m.group(0))
-            self._pending = ""
-        return self.finding
-
-    def _make(self, loop: Loop) -> Finding:
-        first = self.tracker.n - len(self._pieces)
-        i = loop.onset - first
-        unit = " ".join(self._pieces[j] for j in range(i, i + loop.period))
-        return Finding(
-            kind="loop", score=min(1.0, 0.5 + 0.05 * loop.repeats),
-            message=f"{unit[:60]!r} repeats {loop.repeats:.1f} times (confirmed after "
-                    f"{loop.span} {'tokens' if self._mode == 'token' else 'units'})",
-            start_char=self._offsets[i], start_unit=loop.onset,
-            unit="token" if self._mode == "token" else "word",
-            evidence={"period": loop.period, "repeats": round(loop.repeats, 2),
-                      "unit_text": unit[:200], "detected_after_units": loop.span,
-                      "detected_at_unit": self.tracker.n},
-        )
+__all__ = ["NUM", "UNIT", "Loop", "LoopDetector", "LoopTrack", "PeriodTracker", "measure",
+           "norm", "prompt_text", "requested_count", "says_something", "text_units"]

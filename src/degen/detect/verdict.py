@@ -18,7 +18,13 @@ DEFAULT_KINDS: tuple[str, ...] = ("runaway", "loop", "spacing", "gibberish")
 
 
 def default_detectors(kinds: Sequence[str] = DEFAULT_KINDS) -> DetectorList:
-    return DetectorList(create_detector(k) for k in kinds)
+    """The detectors of ``kinds``: the text kinds share one watch (one pass over the
+    text, the same judgment as the guard's), the others are created by name."""
+    from degen.detect.watch import KINDS, TextWatch, WatchConfig
+
+    text = tuple(k for k in KINDS if k in kinds)
+    others = [create_detector(k) for k in kinds if k not in KINDS]
+    return DetectorList([*others, *([TextWatch(WatchConfig(kinds=text))] if text else [])])
 
 
 def judge(completion: Completion, detectors: DetectorList | None = None) -> dict[str, Any]:

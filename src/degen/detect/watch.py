@@ -1,376 +1,377 @@
-"""Loop detection on a stream that leaves legitimate repetition alone: :class:`LoopWatch`.
+"""The watch: one streaming judge of a generation, for every kind of degeneration.
 
-:class:`~degen.detect.loop.StreamingLoopDetector` reports the first loop the period
-tracker confirms. The batch :class:`~degen.detect.loop.LoopDetector` also asks whether
-that loop is legitimate (:func:`~degen.detect.loop.legitimate`: a phrase the prompt
-asked for, table or CSV rows whose numbers carry data, counting) and, when it is,
-scans on past it with a fresh tracker. A guard that cuts streams needs both, on text
-that arrives a few characters at a time, so LoopWatch does what LoopDetector does,
-one unit at a time:
+A :class:`Watch` is fed the text as it is generated (deltas of any size, cut anywhere,
+even inside a word or a character's bytes' worth of text) and, when a server or the
+engine gives them, the log-probabilities of the tokens each delta carries. It answers
+as soon as one kind is confirmed, with the same :class:`~degen.detect.base.Finding`
+(kind, start, evidence) the batch verdict carries, because the batch verdict *is* a
+watch run to the end of the text (:func:`watch_completion`): the guard, the engines'
+early cut, ``degen run``'s verdicts and ``degen scan`` cannot disagree.
 
-- the same :class:`~degen.detect.loop.PeriodTracker` confirms a repeating run;
-- the run is judged by the same rules; a legitimate run is followed to its end and a
-  fresh tracker starts at the unit that breaks it, as LoopDetector rescans;
-- a run judged a loop is reported (the guard cuts there).
+Inside, the text is cut into units (words and runs of one punctuation character,
+:data:`~degen.detect.loop.UNIT`); a unit touching the end of the text so far is held
+back until the next delta shows whether it goes on. Each unit goes to the tracks:
 
-On a stream, a run's verdict can depend on text not generated yet. LoopWatch waits,
-for a bounded number of units, in exactly those cases:
+- :class:`~degen.detect.loop.LoopTrack` (``loop``): every unit, code included;
+- :class:`~degen.detect.babble.BabbleTrack` (``gibberish``, ``spacing``): the words
+  and punctuation outside code (fenced or inline);
+- :class:`~degen.detect.surprise.SurpriseTrack`: the tokens' log-probabilities, which
+  the babble track weighs in where they are given.
 
-- **requested**: LoopDetector calls a phrase the prompt asked for legitimate when the
-  text moves on after it. The watch lets such a run go on while it has at most as many
-  repetitions as the prompt asked for ("ten times": 10, plus ``margin``; with no count
-  in the prompt, ``requested_repeats``) and calls it a loop past that;
-- **data**: whether a number in the unit carries data (its steps vary) or only counts
-  ("44. Fire 45. Fire") shows only after a few values; the watch waits until every
-  number slot has ``settle_values`` values (three steps) before calling it a counter;
-- **markup** (not in LoopDetector): a unit with no word and no number (the rule of a
-  wide Markdown table, ``|---|---|...``) may run for ``markup_units`` units.
+Cost per unit does not grow with the stream; memory is bounded (the tracks keep fixed
+windows and the watch the text they point into). Not thread-safe: one per stream.
 
-When a run ends while the watch waits, the verdict is LoopDetector's on the whole run;
-when the stream ends, it is LoopDetector's for a run that reaches the end of the text.
-Cost per unit does not grow with the stream (memory is bounded by the tracker's
-window); the prompt is read once, when the first repeating run needs it.
-
->>> w = LoopWatch(prompt="Tell me about the sea.")
+>>> w = Watch(prompt="Tell me about the sea.")
 >>> f = None
 >>> for _ in range(30):
 ...     f = f or w.feed("The sea is deep. ")
->>> f.evidence["period"], f.evidence["unit_text"]
-(5, 'The sea is deep. ')
->>> w = LoopWatch(prompt="Write 'I will not talk in class' ten times.")
->>> for _ in range(10):
-...     w.feed("I will not talk in class.\\n")
->>> w.feed("There you go."), w.finish(), w.vetoed[0]["reason"]
-(None, None, 'requested')
+>>> f.kind, f.evidence["period"], f.evidence["unit_text"]
+('loop', 5, 'The sea is deep. ')
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter, deque
-from collections.abc import Hashable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from degen.detect.base import Finding
-from degen.detect.loop import (
-    _UNIT,
-    NUM,
-    PeriodTracker,
-    _asked_for,
-    _words,
-    norm,
-    says_something,
-    text_units,
-)
+from degen.detect import lexicon
+from degen.detect.babble import BabbleTrack
+from degen.detect.base import Detector, Finding
+from degen.detect.loop import UNIT, LoopTrack, prompt_text
+from degen.detect.surprise import SurpriseTrack
 from degen.errors import InvalidParams
+from degen.records import Completion
 
-_WAIT = "wait"  # a verdict that needs more of the run
-_MAX_VETOED = 64  # legitimate runs kept in ``vetoed`` (all are counted in ``vetoes``)
-
-_SMALL = {w: i for i, w in enumerate((
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen", "twenty"))}
-_TENS = {w: 10 * i for i, w in enumerate((
-    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")) if w}
-_WORDS = {**_SMALL, **_TENS, "hundred": 100, "dozen": 12}
-_COUNT = re.compile(
-    r"\b(?:(" + "|".join(_TENS) + r")[\s-]+)?(\d{1,4}|" + "|".join(_WORDS) + r")\s*(?:times|x)\b"
-    r"|\b(twice|thrice)\b", re.IGNORECASE)
+KINDS: tuple[str, ...] = ("loop", "gibberish", "spacing")
+# The finish_reason of a generation cut for each kind: vLLM's "repetition" for a loop,
+# "degenerate" for babble and glued words (clients that accept only OpenAI's values can
+# be sent "length" instead; the evidence says the kind either way).
+CUT_REASON: dict[str, str] = {"loop": "repetition", "gibberish": "degenerate",
+                              "spacing": "degenerate"}
+_TRIM = 4096  # characters of text kept beyond what the tracks point into, at least
+_LONGEST_UNIT = 256  # a unit this long is read even if the text so far ends in it
+_INLINE_UNITS = 24  # inline code longer than this was a stray backtick
+_PROSE_LINE_WORDS = 12  # a line of this many words and no code mark is not code
+_CODE_CHARS = frozenset("{}()[];=<>#/*\"")
 
 
-def requested_count(prompt: str) -> int | None:
-    """How many times the prompt asks for something ("ten times", "12x", "twice"), the
-    largest such count, or None.
+@dataclass(frozen=True)
+class WatchConfig:
+    """What a :class:`Watch` looks for and how.
 
-    >>> requested_count("Say hello three times, then twenty-five times more.")
-    25
-    >>> requested_count("Say hello.") is None
-    True
+    ``kinds``: the kinds watched (:data:`KINDS`); ``loop``: options of
+    :class:`~degen.detect.loop.LoopTrack`; ``babble``: of
+    :class:`~degen.detect.babble.BabbleTrack`; ``surprise``: of
+    :class:`~degen.detect.surprise.SurpriseTrack`. Validated on construction.
     """
-    best: int | None = None
-    for m in _COUNT.finditer(prompt):
-        tens, word, once = m.groups()
-        if once:
-            n = 2 if once.lower() == "twice" else 3
-        else:
-            n = int(word) if word.isdigit() else _WORDS[word.lower()]
-            if tens and n < 10:
-                n += _TENS[tens.lower()]
-        best = n if best is None else max(best, n)
-    return best
+
+    kinds: tuple[str, ...] = KINDS
+    loop: Mapping[str, Any] = field(default_factory=dict)
+    babble: Mapping[str, Any] = field(default_factory=dict)
+    surprise: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kinds = tuple(self.kinds)
+        bad = [k for k in kinds if k not in KINDS]
+        if bad:
+            raise InvalidParams(f"unknown kind {bad[0]!r} to watch; kinds: {', '.join(KINDS)}")
+        object.__setattr__(self, "kinds", kinds)
+        try:  # the tracks validate their own options
+            LoopTrack("", str.__getitem__, **self.loop)
+            BabbleTrack(**self.babble)
+        except TypeError as e:
+            raise InvalidParams(f"watch options: {e}") from None
+        SurpriseTrack(**self.surprise)
 
 
-@dataclass(slots=True)
-class _Slot:
-    """The values one number position of a repeating unit takes, run by run."""
-
-    last: int
-    count: int = 1
-    steps: set[int] = field(default_factory=set)
-
-    def add(self, value: int) -> None:
-        if len(self.steps) < 2:  # two distinct steps already decide "data"
-            self.steps.add(value - self.last)
-        self.last = value
-        self.count += 1
+DEFAULT = WatchConfig()
 
 
-@dataclass(slots=True)
-class _Run:
-    """A repeating run the tracker confirmed, being judged."""
-
-    start: int  # unit index of its onset
-    period: int
-    span: int  # units from the onset that repeat so far
-    unit: list[Hashable]
-    unit_text: str
-    start_char: int
-    confirmed_span: int
-    slots: dict[int, _Slot]  # number positions in the unit -> their values
-    asked: bool
-    says: bool
-    waited: bool = False
-
-
-def _int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:  # a digit Python will not read as a number ("²")
-        return 0
+def cut_kinds(spec: bool | str | Iterable[str] | None) -> frozenset[str]:
+    """The kinds to cut from a switch: True or ``"all"`` (every kind), False/None/
+    ``"none"`` (none), or kinds (``"loop,gibberish"`` or ``["loop"]``)."""
+    if spec is True or spec == "all":
+        return frozenset(KINDS)
+    if not spec or spec == "none":
+        return frozenset()
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    kinds = {k.strip() for k in items if k.strip()}
+    if "all" in kinds:
+        return frozenset(KINDS)
+    bad = sorted(kinds - set(KINDS))
+    if bad:
+        raise InvalidParams(f"unknown kind {bad[0]!r}: use all or any of {', '.join(KINDS)}")
+    return frozenset(kinds)
 
 
-class LoopWatch:
-    """Streaming loop detection with LoopDetector's vetoes. See the module doc.
+class Watch:
+    """Every kind of degeneration, judged as the text arrives. See the module doc.
 
     Args:
         prompt: what the request asked (see :func:`~degen.detect.loop.prompt_text`);
-            requested repetition is judged against it.
-        max_period, min_span, extra: the :class:`~degen.detect.loop.PeriodTracker`'s.
-        requested_repeats: repetitions allowed to a phrase the prompt asked for when the
-            prompt gives no count; ``margin`` is added to a count it gives.
-        settle_values: values of each number in a unit seen before a counter is
-            called a loop (not data).
-        markup_units: units a run with no word and no number may cover.
+            repetition it asked for is not a loop.
+        config: what to look for (:class:`WatchConfig`).
 
-    Feed text deltas with :meth:`feed` and call :meth:`finish` at the end; both return
-    the :class:`Finding` once a loop is confirmed (then on every later call).
-    ``vetoed`` lists the legitimate runs passed over (the first 64), ``vetoes`` counts
-    them by reason. Not thread-safe: one watch per stream.
+    :meth:`feed` a delta (and its tokens' log-probabilities if known), :meth:`finish`
+    at the end. ``findings`` maps each kind found to its first finding; ``first`` is the
+    earliest. ``vetoes`` counts the repeating runs passed over as legitimate, by reason.
     """
 
-    def __init__(self, prompt: str = "", *, max_period: int = 256, min_span: int = 16,
-                 extra: int = 8, requested_repeats: int = 10, margin: int = 2,
-                 settle_values: int = 4, markup_units: int = 128) -> None:
-        self._tracker_args = (max_period, min_span, extra)
-        self._tracker = PeriodTracker(*self._tracker_args)  # validates them
-        for name, v, lo in (("requested_repeats", requested_repeats, 1), ("margin", margin, 0),
-                            ("settle_values", settle_values, 2),
-                            ("markup_units", markup_units, 1)):
-            if v < lo:
-                raise InvalidParams(f"{name} must be >= {lo}, got {v}")
-        self.requested_repeats, self.margin = requested_repeats, margin
-        self.settle_values, self.markup_units = settle_values, markup_units
-        self._prompt = prompt or ""
-        self._prompt_words: list[Hashable] | None = None
-        self._limit: int | None = None
-        size = (self._tracker._buf.maxlen or 0) + 1
-        self._units: deque[Hashable] = deque(maxlen=size)
-        self._raw: deque[str] = deque(maxlen=size)
-        self._offs: deque[int] = deque(maxlen=size)
+    def __init__(self, prompt: str = "", config: WatchConfig = DEFAULT) -> None:
+        self.config = config
+        kinds = set(config.kinds)
+        self.loop = LoopTrack(prompt or "", self._slice, **config.loop) \
+            if "loop" in kinds else None
+        babble_kinds = kinds & {"gibberish", "spacing"}
+        self.babble = BabbleTrack(kinds=babble_kinds, **config.babble) if babble_kinds else None
+        self.surprise = SurpriseTrack(**config.surprise)
+        if self.babble is not None:
+            self.babble.surprise = self.surprise
+        self._kinds = kinds
+        self.findings: dict[str, Finding] = {}
+        self.first: Finding | None = None
         self._text = ""  # the stream's text from char ``_text_at`` on
         self._text_at = 0
         self._pending = ""  # text whose last unit may still grow
         self._pending_at = 0
-        self._pos = 0  # unit where the current tracker started
-        self._run: _Run | None = None  # a run being judged
-        self._follow: int | None = None  # period of a legitimate run followed to its end
-        self.n = 0  # units seen
-        self.finding: Finding | None = None
-        self.vetoed: list[dict[str, Any]] = []
-        self.vetoes: Counter[str] = Counter()
+        self._fence = False  # inside a fenced code block
+        self._line_words = self._line_code = 0  # words and code marks on a fenced line
+        self._inline: list[tuple[str, int, bool, bool]] | None = None  # inline code, held
+        self.units = 0
+        self.chars = 0
+        self.done = False  # every watched kind found: nothing more to learn
 
     # ------------------------------------------------------------------ feeding
-    @property
-    def waiting(self) -> bool:
-        """A repeating run is being watched whose verdict needs more text."""
-        return self._run is not None
+    def feed(self, delta: str, logprobs: Sequence[float] | None = None) -> Finding | None:
+        """A text delta and, optionally, the log-probabilities of the tokens it carries.
+        Returns the first finding confirmed while reading it, else None.
 
-    def feed(self, delta: str) -> Finding | None:
-        """A text delta. The unit touching its end is held back until the next delta
-        shows whether it goes on."""
-        if self.finding is not None or not delta:
-            return self.finding
+        The first token's log-probability is taken before the text, the others after
+        it, so a chunk of several tokens reads as its first token carrying the text and
+        the others none (how a record stores them: :func:`watch_completion`)."""
+        if logprobs:
+            self.surprise.feed(logprobs[:1])
+        found = self._read(delta) if delta else None
+        if logprobs and len(logprobs) > 1:
+            self.surprise.feed(logprobs[1:])
+        return found
+
+    def _read(self, delta: str) -> Finding | None:
+        self.chars += len(delta)
         self._text += delta
-        self._pending += delta
-        ms = list(_UNIT.finditer(self._pending))
-        if ms and ms[-1].end() == len(self._pending):
-            ms.pop()  # may continue
-        for m in ms:
-            if self._push(m.group(0), self._pending_at + m.start()) is not None:
+        if self.done:
+            self._pending_at += len(delta)
+            self._trim()
+            return None
+        before = len(self.findings)
+        pending = self._pending + delta
+        cut = 0
+        for m in UNIT.finditer(pending):
+            a, b = m.span()
+            if b == len(pending) and b - a < _LONGEST_UNIT:
+                break  # may continue: wait for the next delta
+            while b - a >= _LONGEST_UNIT:  # a giant unit is read in fixed pieces
+                self._unit(pending, pending[a:a + _LONGEST_UNIT], a, cut)
+                cut = a = a + _LONGEST_UNIT
+            if a < b and b < len(pending):
+                self._unit(pending, pending[a:b], a, cut)
+                cut = b
+            if self.done:
+                cut = len(pending)
                 break
-        if ms:
-            cut = ms[-1].end()
-            self._pending_at += cut
-            self._pending = self._pending[cut:]
+        # the gap after the last unit stays: a newline in it separates the next one
+        self._pending_at += cut
+        self._pending = pending[cut:]
         self._trim()
-        return self.finding
+        return self._new(before)
 
-    def finish(self) -> Finding | None:
-        """The stream ended: take the held-back unit, and judge a run still open as one
-        that reaches the end of the text."""
-        if self.finding is None:
-            for m in _UNIT.finditer(self._pending):
-                if self._push(m.group(0), self._pending_at + m.start()) is not None:
-                    break
+    def finish(self) -> dict[str, Finding]:
+        """The stream ended: read the held-back unit and judge what is still open.
+        Returns :attr:`findings`."""
+        before = len(self.findings)
+        if not self.done and self._pending:
+            cut = 0
+            for m in UNIT.finditer(self._pending):
+                a, b = m.span()
+                while a < b:
+                    self._unit(self._pending, self._pending[a:min(b, a + _LONGEST_UNIT)], a, cut)
+                    cut = a = min(b, a + _LONGEST_UNIT)
+            self._pending_at += len(self._pending)
             self._pending = ""
-        run = self._run
-        if self.finding is None and run is not None:
-            why = self._judge(run, ended=True, at_end=True)
-            if why is None:
-                self.finding = self._make(run)
-            else:
-                self._veto(run, why)
-            self._run = None
-        return self.finding
+        if self.loop is not None and self.loop.finding is None:
+            self._note(self.loop.finish())
+        if self._inline is not None:
+            self._flush_inline()
+        if self.babble is not None and self.babble.finding is None:
+            self._note(self.babble.finish())
+        self._new(before)
+        return self.findings
+
+    def first_of(self, kinds: Iterable[str]) -> Finding | None:
+        """The earliest finding among ``kinds`` (by start), or None."""
+        got = [f for k, f in self.findings.items() if k in set(kinds)]
+        return min(got, key=lambda f: f.start_char or 0) if got else None
+
+    @property
+    def vetoes(self) -> dict[str, int]:
+        return dict(self.loop.vetoes) if self.loop is not None else {}
+
+    @property
+    def vetoed(self) -> list[dict[str, Any]]:
+        return list(self.loop.vetoed) if self.loop is not None else []
 
     # ------------------------------------------------------------------ internals
-    def _unit_at(self, i: int) -> Hashable:
-        return self._units[i - (self.n - len(self._units))]
+    def _unit(self, pending: str, raw: str, start: int, gap_from: int) -> None:
+        """One unit ``raw`` at ``start`` in ``pending``; the gap before it starts at
+        ``gap_from``."""
+        offset = self._pending_at + start
+        newline = pending.find("\n", gap_from, start) >= 0
+        self.units += 1
+        c = raw[0]
+        word = c.isalnum() or c == "_"
+        if newline:
+            self._end_line()
+        loop = self.loop
+        if loop is not None and loop.finding is None:
+            f = loop.push(raw, offset, newline, self._fence or self._inline is not None)
+            if f is not None:
+                self._note(f)
+        if c == "`":
+            if len(raw) >= 3:
+                self._fence = not self._fence
+                self._line_words = self._line_code = 0
+                self._inline = None
+            elif not self._fence:
+                # inline code closes on its line; a backtick left open was not code
+                self._inline = None if self._inline is not None else []
+            return
+        if self._fence:
+            if word:
+                self._line_words += 1
+                if self._line_words >= 2 * _PROSE_LINE_WORDS and self._line_code == 0:
+                    self._fence = False  # a long line of plain words: not code any more
+            elif c in _CODE_CHARS:
+                self._line_code += 1
+            return
+        if self.babble is None or self.babble.finding is not None:
+            return
+        tag = word and (pending[start - 1] if start else self._char_before(offset)) in "#@"
+        if self._inline is not None:
+            self._inline.append((raw, offset, word, tag))
+            if len(self._inline) > _INLINE_UNITS:
+                self._flush_inline()
+            return
+        self._babble(raw, offset, word, tag)
+
+    def _babble(self, raw: str, offset: int, word: bool, tag: bool) -> None:
+        babble = self.babble
+        assert babble is not None
+        if not word:
+            babble.gap(raw)
+        elif raw.isalpha():
+            self._note(babble.word(raw, offset, tag))
+        else:
+            for w in lexicon.LETTERS.finditer(raw):
+                self._note(babble.word(w.group(0), offset + w.start(), tag))
+
+    def _flush_inline(self) -> None:
+        pending, self._inline = self._inline or [], None
+        for raw, offset, word, tag in pending:
+            if self.babble is not None and self.babble.finding is None:
+                self._babble(raw, offset, word, tag)
+
+    def _end_line(self) -> None:
+        """A line break: inline code left open was not code; a fenced "code" line of
+        plain words with no code punctuation means the fence was never closed (the
+        generation went on in prose)."""
+        if self._inline is not None:
+            self._flush_inline()
+        if self._fence:
+            if self._line_words >= _PROSE_LINE_WORDS and self._line_code == 0:
+                self._fence = False
+            self._line_words = self._line_code = 0
+        if self.babble is not None and self.babble.finding is None and not self._fence:
+            self.babble.gap("", newline=True)
+
+    def _note(self, f: Finding | None) -> None:
+        if f is None or f.kind in self.findings or f.kind not in self._kinds:
+            return
+        self.findings[f.kind] = f
+        if self.first is None:
+            self.first = f
+        loop_done = self.loop is None or self.loop.finding is not None
+        babble_done = self.babble is None or self.babble.finding is not None
+        self.done = loop_done and babble_done
+
+    def _new(self, before: int) -> Finding | None:
+        if len(self.findings) == before:
+            return None
+        return list(self.findings.values())[before]
+
+    def _char_before(self, offset: int) -> str:
+        i = offset - 1 - self._text_at
+        return self._text[i] if i >= 0 else " "
+
+    def _slice(self, a: int, b: int) -> str:
+        """Characters ``a`` to ``b`` of the stream (what is still kept of them)."""
+        lo = self._text_at
+        return self._text[max(0, a - lo):max(0, b - lo)]
 
     def _trim(self) -> None:
-        """Keep the text from the oldest unit still in the window (bounded memory)."""
-        keep = self._offs[0] if self._offs else self._pending_at
-        if keep - self._text_at > 4096 and keep - self._text_at > len(self._text) // 2:
-            self._text = self._text[keep - self._text_at:]
+        """Keep the text from the oldest unit a track still points into."""
+        keep = self._pending_at
+        if self.loop is not None and not self.done:
+            oldest = self.loop.oldest_offset
+            if oldest is not None:
+                keep = min(keep, oldest)
+        drop = keep - self._text_at
+        if drop > _TRIM and drop > len(self._text) // 2:
+            self._text = self._text[drop:]
             self._text_at = keep
 
-    def _push(self, raw: str, offset: int) -> Finding | None:
-        unit = norm(raw)
-        i = self.n
-        self._units.append(unit)
-        self._raw.append(raw)
-        self._offs.append(offset)
-        self.n = i + 1
-        if self._follow is not None:  # a legitimate run: wait for its end
-            if unit == self._unit_at(i - self._follow):
-                return None
-            self._follow = None
-            self._restart(i, unit)
-            return None
-        run = self._run
-        if run is not None:
-            if unit != self._unit_at(i - run.period):  # the run ended before a verdict
-                self._run = None
-                why = self._judge(run, ended=True, at_end=False)
-                if why is None:
-                    self.finding = self._make(run)
-                    return self.finding
-                self._veto(run, why)
-                self._restart(i, unit)
-                return None
-            run.span += 1
-            slot = run.slots.get((i - run.start) % run.period)
-            if slot is not None:
-                slot.add(_int(raw))
-        else:
-            loop = self._tracker.push(unit)
-            if loop is None:
-                return None
-            run = self._open(self._pos + loop.onset, loop.period)
-        why = self._judge(run, ended=False, at_end=False)
-        if why == _WAIT:
-            run.waited = True
-            self._run = run
-            return None
-        self._run = None
-        if why is None:
-            self.finding = self._make(run)
-            return self.finding
-        self._veto(run, why)
-        self._follow = run.period
-        return None
 
-    def _restart(self, i: int, unit: Hashable) -> None:
-        """A fresh tracker from unit ``i`` on, as LoopDetector rescans past a legitimate
-        run."""
-        self._tracker = PeriodTracker(*self._tracker_args)
-        self._pos = i
-        self._tracker.push(unit)
+def watch_text(text: str, prompt: str = "", config: WatchConfig = DEFAULT,
+               logprobs: Sequence[float] | None = None) -> dict[str, Finding]:
+    """A whole text through a :class:`Watch` (the batch verdict): each kind found, with
+    its first finding. ``logprobs``: the tokens' log-probabilities, when known."""
+    w = Watch(prompt, config)
+    w.feed(text, logprobs)
+    return w.finish()
 
-    def _open(self, start: int, period: int) -> _Run:
-        first = self.n - len(self._units)
-        k0 = start - first
-        unit = [self._units[k0 + k] for k in range(period)]
-        slots: dict[int, _Slot] = {}
-        for k in range(period):
-            if unit[k] != NUM:
-                continue
-            j = k0 + k
-            slot = _Slot(_int(self._raw[j]))
-            for j2 in range(j + period, len(self._units), period):
-                slot.add(_int(self._raw[j2]))
-            slots[k] = slot
-        a, b = self._offs[k0], self._offs[k0 + period]
-        if self._prompt_words is None:
-            self._prompt_words = _words(text_units(self._prompt)[0])
-        return _Run(start=start, period=period, span=self.n - start, unit=unit,
-                    unit_text=self._text[a - self._text_at:b - self._text_at], start_char=a,
-                    confirmed_span=self.n - start, slots=slots,
-                    asked=_asked_for(_words(unit), self._prompt_words),
-                    says=says_something(unit))
 
-    def _requested_limit(self) -> int:
-        if self._limit is None:
-            count = requested_count(self._prompt)
-            self._limit = count + self.margin if count else self.requested_repeats
-        return self._limit
+def watch_completion(completion: Completion, config: WatchConfig = DEFAULT
+                     ) -> dict[str, Finding]:
+    """:func:`watch_text` on a completion's text, with its prompt and, when the record
+    carries them, its tokens' log-probabilities, read as they came: ``extra["logprobs"]``
+    (one per token) and ``extra["logprob_chars"]`` (the characters of text each token
+    brought; 0 for the second and later tokens of a chunk). Without the characters, or
+    when they do not add up to the text, the text is judged alone."""
+    prompt = prompt_text(completion.messages, completion.prompt or None)
+    text = completion.text
+    extra = completion.extra or {}
+    lps, chars = extra.get("logprobs"), extra.get("logprob_chars")
+    if not (isinstance(lps, list) and isinstance(chars, list) and len(lps) == len(chars)
+            and sum(chars) == len(text)):
+        return watch_text(text, prompt, config)
+    w = Watch(prompt, config)
+    pos = 0
+    for lp, n in zip(lps, chars, strict=True):
+        w.feed(text[pos:pos + n], (lp,))
+        pos += n
+    return w.finish()
 
-    def _judge(self, run: _Run, ended: bool, at_end: bool) -> str | None:
-        """LoopDetector's :func:`~degen.detect.loop.legitimate` on the run so far: a
-        reason (legitimate), None (a loop) or ``_WAIT``. ``ended``: the run is over
-        (``at_end``: by the end of the text)."""
-        if run.asked and not at_end:
-            if ended:
-                return "requested"
-            if run.span <= self._requested_limit() * run.period:
-                return _WAIT
-            # longer than asked: judged as a run that reaches the end
-        if run.slots:
-            steps = [s.steps for s in run.slots.values()]
-            if any(len(s) > 1 for s in steps):
-                return "data"
-            if not run.says and any(s != {0} for s in steps):
-                return "counting"
-            if not ended and min(s.count for s in run.slots.values()) < self.settle_values:
-                return _WAIT
-        elif not run.says:  # neither word nor number: markup such as a table's rule
-            if ended and not at_end:
-                return "markup"
-            if not ended and run.span <= self.markup_units:
-                return _WAIT
-        return None
 
-    def _veto(self, run: _Run, why: str) -> None:
-        self.vetoes[why] += 1
-        if len(self.vetoed) < _MAX_VETOED:
-            self.vetoed.append({"reason": why, "start_char": run.start_char,
-                                "period": run.period, "repeats": round(run.span / run.period, 2),
-                                "unit_text": run.unit_text[:80]})
+class TextWatch(Detector):
+    """Every text kind of a completion at once: one :class:`Watch` over its text (what
+    :func:`~degen.detect.verdict.judge` runs). Returns the list of findings, one per
+    kind found, in :data:`KINDS` order."""
 
-    def _make(self, run: _Run) -> Finding:
-        repeats = run.span / run.period
-        shown = run.unit_text.strip()[:60]
-        after = self.n - run.start
-        return Finding(
-            kind="loop", score=min(1.0, 0.5 + 0.05 * repeats), start_char=run.start_char,
-            start_unit=run.start, unit="word",
-            message=f"{shown!r} repeats {repeats:.1f} times from char {run.start_char} "
-                    f"(confirmed {after} units after its onset)",
-            evidence={"period": run.period, "repeats": round(repeats, 2),
-                      "span_units": run.span, "near": NUM in run.unit,
-                      "unit_text": run.unit_text[:200],
-                      "detected_after_units": after, "detected_at_unit": self.n,
-                      "waited": run.waited, "vetoed_before": sum(self.vetoes.values())},
-        )
+    kind = "text"
+
+    def __init__(self, config: WatchConfig = DEFAULT) -> None:
+        self.config = config
+
+    def __call__(self, completion: Completion) -> list[Finding]:  # type: ignore[override]
+        found = watch_completion(completion, self.config)
+        return [found[k] for k in KINDS if k in found]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from degen.errors import ModelNotFound
+from degen.paths import cache_root
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -86,14 +87,6 @@ def resolve_model(model: str | os.PathLike[str] | None) -> ModelSource:
     if "/" in str(model) and not str(model).startswith((".", "/", "~")):
         hint = " (degen never downloads models: pass a local folder or GGUF file)"
     raise ModelNotFound(f"model path {model} does not exist{hint}")
-
-
-def cache_root() -> Path:
-    """``$DEGEN_CACHE_DIR``, else ``$XDG_CACHE_HOME/degen``, else ``~/.cache/degen``."""
-    if os.environ.get("DEGEN_CACHE_DIR"):
-        return Path(os.environ["DEGEN_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "degen"
 
 
 def _gguf_cache_dir(src: ModelSource) -> Path:

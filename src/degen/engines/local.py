@@ -11,10 +11,11 @@ How a batch is kept (the pitfalls of seed 001 and seed 002, done right):
 - A row stops on **every** end id the model declares (tokenizer, generation config,
   config), on a stop string, or at ``max_tokens``/the context (``"length"``).
   With ``guard=True`` each row's text, detokenized as it grows, also feeds a
-  :class:`~degen.detect.watch.LoopWatch` (the streaming loop detector with the batch
-  detector's vetoes: requested repetition, data rows, counting) and the row stops on
-  its own as soon as a loop is confirmed (``"repetition"``, the finding in
-  ``extra["cut"]``): a loop costs tens of tokens instead of ``max_tokens``.
+  :class:`~degen.detect.watch.Watch` (loops, babble and glued words, with the
+  model's own log-probability of each sampled token) and the row stops on its own as
+  soon as one is confirmed (``"repetition"`` for a loop, ``"degenerate"`` for the
+  others; the finding in ``extra["cut"]``): a degeneration costs tens of tokens
+  instead of ``max_tokens``.
 - **Continuous batching**: a row that finishes leaves the batch at once and a
   waiting request is prefilled and merged in (its KV cache left-padded to the
   batch's length), so one runaway never holds the others up. Models whose cache
@@ -27,22 +28,25 @@ owns the model; concurrent callers share batches.
 
 from __future__ import annotations
 
+import inspect
 import queue
 import secrets
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from degen.detect.watch import CUT_REASON
 from degen.engines import hf
 from degen.engines.base import Engine
 from degen.errors import InvalidParams, ModelNotFound
-from degen.records import Completion, Request, Timings
+from degen.records import CUT_REASONS, Completion, Request, Timings
 
 
-class _Detok:
+class Detokenizer:
     """Text deltas of a growing list of token ids, decoded a few tokens at a time.
 
     Decoding one token alone is wrong for byte-level and SentencePiece vocabularies
@@ -79,8 +83,11 @@ class _Row:
     ngrams: dict[tuple[int, ...], set[int]] | None = None
     stop_hit: str | None = None
     entropy: list[float] = field(default_factory=list)
-    detector: Any = None  # a LoopWatch when the engine guards
-    detok: _Detok | None = None  # its text deltas
+    logprobs: list[float] | None = None  # each sampled token's, when recorded
+    logprob_chars: list[int] | None = None  # characters of text each token brought
+    watch: Any = None  # a Watch when the engine guards
+    detok: Detokenizer | None = None  # its text deltas
+    cut: Any = None  # the finding the row was cut for
 
 
 class LocalEngine(Engine):
@@ -94,24 +101,33 @@ class LocalEngine(Engine):
         continuous: admit waiting requests into a running batch (default on).
         record_entropy: store each step's entropy (nats) of the model's own next-token
             distribution, before any penalty or warping, in ``extra["entropy"]``.
-        guard: cut a row as soon as the streaming loop detector confirms a loop
-            (finish_reason ``"repetition"``).
+        guard: cut a row as soon as the watch confirms a degeneration: ``True`` for
+            every kind, or the kinds to cut (``("loop",)``); finish_reason
+            ``"repetition"`` for a loop, ``"degenerate"`` for babble and glued words.
+        logprobs: store each sampled token's log-probability under the model's own
+            distribution (before penalties and sampling settings) in
+            ``extra["logprobs"]`` (the watch weighs them in); default: when guarding.
     """
 
     name = "local"
 
     def __init__(self, model: str | None = None, batch_size: int = 32, device: str = "auto",
                  dtype: str = "auto", continuous: bool = True,
-                 record_entropy: bool = False, guard: bool = False) -> None:
+                 record_entropy: bool = False, guard: bool | Iterable[str] = False,
+                 logprobs: bool | None = None) -> None:
         if batch_size < 1:
             raise InvalidParams(f"batch_size must be >= 1, got {batch_size}")
+        from degen.detect.watch import cut_kinds
+
+        self.cut_kinds = cut_kinds(guard)
         self.source = hf.resolve_model(model)
         self.model = self.source.name
         self.batch_size = batch_size
         self.preferred_concurrency = batch_size
         self.continuous = continuous
         self.record_entropy = record_entropy
-        self.guard = guard
+        self.guard = bool(self.cut_kinds)
+        self.record_logprobs = self.guard if logprobs is None else logprobs
         self._device_opt, self._dtype_opt = device, dtype
         self._model: Any = None
         self._tok: Any = None
@@ -136,6 +152,9 @@ class LocalEngine(Engine):
                     f"cannot load {self.source.path}: {type(e).__name__}: {str(e)[:200]}"
                 ) from None
             self._stop_ids = hf.stop_token_ids(model, tok)
+            # transformers 5 renamed past_key_values to cache (the old name warns)
+            params = inspect.signature(model.forward).parameters
+            self._cache_arg = "cache" if "cache" in params else "past_key_values"
             self._ctx = hf.context_length(model)
             self._device = next(model.parameters()).device
             self._model, self._tok = model, tok
@@ -159,7 +178,8 @@ class LocalEngine(Engine):
         d = super().describe()
         d.update(source=str(self.source.path), batch_size=self.batch_size,
                  device=self._device_opt, dtype=self._dtype_opt, continuous=self.continuous,
-                 guard=self.guard)
+                 guard=sorted(self.cut_kinds) if self.guard else False,
+                 logprobs=self.record_logprobs)
         return d
 
     def close(self) -> None:
@@ -278,6 +298,7 @@ class _Batch:
         self.seen: Any = None  # (B, V) bool: tokens the repetition penalty hits
         self.counts: Any = None  # (B, V) float: generated-token counts
         self.params: Any = None  # sampling.RowParams
+        self._cache_arg = "past_key_values"
         self.can_merge = True
 
     # ---------------------------------------------------------------- admission
@@ -306,10 +327,13 @@ class _Batch:
             row = _Row(req, fut, ids, min(req.params.max_tokens, room), gen, started)
             if e.guard:
                 from degen.detect.loop import prompt_text
-                from degen.detect.watch import LoopWatch
+                from degen.detect.watch import Watch
 
-                row.detector = LoopWatch(prompt_text(req.messages, req.prompt))
-                row.detok = _Detok(e._tok)
+                row.watch = Watch(prompt_text(req.messages, req.prompt))
+                row.detok = Detokenizer(e._tok)
+            if e.record_logprobs:
+                row.logprobs, row.logprob_chars = [], []
+                row.detok = row.detok or Detokenizer(e._tok)
             n = req.params.no_repeat_ngram_size
             if n > 0:
                 row.ngrams = {}
@@ -332,9 +356,9 @@ class _Batch:
         cache = DynamicCache(config=e._model.config)
         with torch.inference_mode():
             out = e._model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=True, logits_to_keep=1)
+                           use_cache=True, logits_to_keep=1, **{e._cache_arg: cache})
         logits = out.logits[:, -1, :].float()
-        cache = out.past_key_values
+        cache = getattr(out, e._cache_arg)
 
         V = logits.shape[-1]
         seen = torch.zeros((len(rows), V), dtype=torch.bool, device=dev)
@@ -397,9 +421,9 @@ class _Batch:
         self.mask = torch.cat([self.mask, ones], dim=1)
         with torch.inference_mode():
             out = e._model(input_ids=self.next_tokens.unsqueeze(1), attention_mask=self.mask,
-                           position_ids=self.positions.unsqueeze(1),
-                           past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                           position_ids=self.positions.unsqueeze(1), use_cache=True,
+                           **{e._cache_arg: self.cache})
+        self.cache = getattr(out, e._cache_arg)
         logits = out.logits[:, -1, :].float()
         self.positions = self.positions + 1
         self.next_tokens = self._pick(logits, self.rows, self.params, self.seen, self.counts)
@@ -410,6 +434,7 @@ class _Batch:
         from degen.engines import sampling
 
         ents = sampling.entropy(logits).tolist() if self.e.record_entropy else None
+        raw = logits if self.e.record_logprobs else None
         logits = sampling.apply_penalties(logits, params, seen, counts)
         if any(r.ngrams is not None for r in rows):
             banned = [self._banned(r) for r in rows]
@@ -418,14 +443,24 @@ class _Batch:
         now = time.time()
         tl = toks.tolist()
         idx = self.torch.arange(len(rows), device=toks.device)
+        lps = (self.torch.log_softmax(raw, dim=-1)[idx, toks].tolist()
+               if raw is not None else None)
         counts[idx, toks] += 1
         seen[idx, toks] = True  # generated tokens count as seen in both scopes
         for k, (r, t) in enumerate(zip(rows, tl, strict=True)):
             if r.first_token_at is None:
                 r.first_token_at = now
             r.gen.append(t)
-            if r.detector is not None and r.detok is not None and t not in self.e._stop_ids:
-                r.detector.feed(r.detok.delta(r.gen))
+            lp = lps[k] if lps is not None else None
+            if r.detok is not None and t not in self.e._stop_ids:
+                delta = r.detok.delta(r.gen)
+                if r.logprobs is not None and r.logprob_chars is not None and lp is not None:
+                    r.logprobs.append(round(lp, 4))
+                    r.logprob_chars.append(len(delta))
+                if r.watch is not None:
+                    f = r.watch.feed(delta, None if lp is None else (lp,))
+                    if f is not None and r.cut is None:
+                        r.cut = r.watch.first_of(self.e.cut_kinds)
             if ents is not None:
                 r.entropy.append(round(ents[k], 4))
             n = r.req.params.no_repeat_ngram_size
@@ -455,8 +490,8 @@ class _Batch:
                 done.append((i, "stop"))
             elif len(r.gen) >= r.max_new:
                 done.append((i, "length"))
-            elif r.detector is not None and r.detector.finding is not None:
-                done.append((i, "repetition"))
+            elif r.cut is not None:
+                done.append((i, CUT_REASON[r.cut.kind]))
         if not done:
             return
         for i, reason in done:
@@ -484,8 +519,10 @@ class _Batch:
             if cut >= 0:
                 text = text[:cut]
         extra: dict[str, Any] = {"entropy": r.entropy} if self.e.record_entropy else {}
-        if reason == "repetition":
-            extra["cut"] = r.detector.finding.to_dict()
+        if r.logprobs is not None and r.logprob_chars is not None:
+            extra["logprobs"], extra["logprob_chars"] = r.logprobs, r.logprob_chars
+        if r.cut is not None and reason in CUT_REASONS:
+            extra["cut"] = r.cut.to_dict()
         c = Completion.from_request(
             r.req, finish_reason=reason, text=text, token_ids=tuple(ids), extra=extra,
             prompt_tokens=len(r.prompt_ids), completion_tokens=len(ids),

@@ -13,6 +13,8 @@ top_k (0 = off)           ``top_k`` (-1 = off) ``top_k`` (0 = off) dropped
 min_p                     ``min_p``            ``min_p``           dropped
 repetition_penalty        ``repetition_penal`` ``repeat_penalty``  dropped
 no_repeat_ngram_size      dropped              dropped             dropped
+logprobs (asked)          ``logprobs: true``, ``top_logprobs: 1`` (chat); ``logprobs: 1``
+                          (completions), every dialect
 ========================  ===================  ==================  ==============
 
 Where the server has a knob it is always sent, even at its neutral value, so the
@@ -27,6 +29,12 @@ covers prompt and output (as HF does), llama.cpp's ``repeat_penalty`` only the l
 end-of-turn tokens or skip the prompt, so ``repetition_penalty_scope="output"``
 and ``penalize_eot=False`` are reported as dropped there.
 
+Log-probabilities: with ``logprobs`` (the default when guarding) the engine asks for
+the sampled tokens' log-probabilities (:func:`logprob_fields`; 1 alternative, not 0,
+because llama.cpp's server returns none below 1), feeds them to the watch and stores
+them, rounded to 4 decimals, in ``extra["logprobs"]``, so the batch verdict sees what
+the stream saw. A server that ignores the request still works (text-only watch).
+
 Failures: connection errors, timeouts, 429 and 5xx are retried with exponential
 backoff (honouring ``Retry-After``); what still fails, and every 4xx, becomes a
 Completion with ``finish_reason="error"``.
@@ -35,11 +43,12 @@ Completion with ``finish_reason="error"``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -53,7 +62,12 @@ APIS = ("auto", "chat", "completions")
 _OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "me": "llamacpp", "llama.cpp": "llamacpp"}
 _FINISH = {"stop": "stop", "eos": "stop", "eos_token": "stop", "stop_sequence": "stop",
            "tool_calls": "stop", "function_call": "stop", "content_filter": "stop",
-           "length": "length", "max_tokens": "length", "repetition": "repetition"}
+           "length": "length", "max_tokens": "length", "repetition": "repetition",
+           "degenerate": "degenerate"}
+# Alternatives asked with the sampled token's log-probability: llama.cpp's server
+# returns probabilities only when n_probs (its name for top_logprobs / completions'
+# logprobs) is above 0; vLLM, OpenAI and llama-cpp-python accept 0 or 1 alike.
+TOP_LOGPROBS = 1
 
 
 class _Retryable(Exception):
@@ -95,9 +109,36 @@ def unsupported_fields(params: SamplingParams, dialect: str) -> dict[str, str]:
     return out
 
 
+def logprob_fields(chat: bool) -> dict[str, Any]:
+    """The request fields asking for the sampled tokens' log-probabilities: chat
+    ``{"logprobs": true, "top_logprobs": 1}``, completions ``{"logprobs": 1}`` (the
+    same on vLLM, llama.cpp and OpenAI; see :data:`TOP_LOGPROBS`)."""
+    return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if chat \
+        else {"logprobs": TOP_LOGPROBS}
+
+
+def token_logprobs(lp: Any) -> list[float] | None:
+    """The sampled tokens' log-probabilities in one choice's ``logprobs`` (a chunk's or
+    a whole answer's): chat ``{"content": [{"token", "logprob", ...}, ...]}`` (also what
+    llama.cpp's server sends for completions), completions ``{"token_logprobs": [...]}``.
+    None when there are none; tokens without a number (null) are left out."""
+    if not isinstance(lp, dict):
+        return None
+    content = lp.get("content")
+    if isinstance(content, list):
+        vals = [t.get("logprob") for t in content if isinstance(t, dict)]
+    elif isinstance(lp.get("token_logprobs"), list):
+        vals = lp["token_logprobs"]
+    else:
+        return None
+    return [float(v) for v in vals
+            if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
 def build_body(request: Request, model: str, dialect: str, api: str,
-               stream: bool) -> tuple[str, dict[str, Any]]:
-    """The endpoint path and JSON body for ``request``."""
+               stream: bool, logprobs: bool = False) -> tuple[str, dict[str, Any]]:
+    """The endpoint path and JSON body for ``request``; ``logprobs`` asks for the
+    sampled tokens' log-probabilities (:func:`logprob_fields`)."""
     p = request.params
     if api == "auto":
         api = "chat" if request.messages is not None else "completions"
@@ -126,6 +167,8 @@ def build_body(request: Request, model: str, dialect: str, api: str,
                     repetition_penalty=p.repetition_penalty)
     elif dialect == "llamacpp":
         body.update(top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repetition_penalty)
+    if logprobs:
+        body.update(logprob_fields(api == "chat"))
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -144,6 +187,12 @@ class OpenAIEngine(Engine):
         dialect: ``auto``, ``vllm``, ``llamacpp`` or ``openai`` (standard fields only).
         timeout: seconds allowed for one attempt without data; ``connect_timeout`` to connect.
         max_retries: extra attempts after a retryable failure; ``backoff`` is the first wait.
+        guard: cut a generation as soon as the watch confirms a degeneration (needs
+            ``stream``): ``True`` for every kind, or the kinds to cut (``("loop",)``);
+            finish_reason ``"repetition"`` for a loop, ``"degenerate"`` for babble and
+            glued words, the finding in ``extra["cut"]``.
+        logprobs: ask for the sampled tokens' log-probabilities, feed them to the watch
+            and store them in ``extra["logprobs"]``; default: when guarding.
     """
 
     name = "openai"
@@ -152,7 +201,9 @@ class OpenAIEngine(Engine):
                  model: str | None = None, api: str = "auto", stream: bool = False,
                  dialect: str = "auto", timeout: float = 120.0, connect_timeout: float = 5.0,
                  max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8,
-                 guard: bool = False) -> None:
+                 guard: bool | Iterable[str] = False, logprobs: bool | None = None) -> None:
+        from degen.detect.watch import cut_kinds
+
         if dialect not in DIALECTS:
             raise InvalidParams(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
         if api not in APIS:
@@ -164,9 +215,12 @@ class OpenAIEngine(Engine):
         self.base_url = normalize_base_url(base_url)
         key = api_key or os.environ.get("DEGEN_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if guard and not stream:
-            raise InvalidParams("guard (cutting loops early) needs stream=True (--stream)")
-        self.api, self.stream, self.guard = api, stream, guard
+        self.cut_kinds = cut_kinds(guard)
+        if self.cut_kinds and not stream:
+            raise InvalidParams("guard (cutting degenerate generations early) needs "
+                                "stream=True (--stream)")
+        self.api, self.stream, self.guard = api, stream, bool(self.cut_kinds)
+        self.logprobs = self.guard if logprobs is None else bool(logprobs)
         self.max_retries, self.backoff = max_retries, backoff
         self.preferred_concurrency = concurrency
         self._client = httpx.Client(
@@ -219,7 +273,10 @@ class OpenAIEngine(Engine):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(base_url=self.base_url, dialect=self.dialect, api=self.api, stream=self.stream,
-                 owned_by=self.server_owned_by, max_retries=self.max_retries, guard=self.guard)
+                 owned_by=self.server_owned_by, max_retries=self.max_retries, guard=self.guard,
+                 logprobs=self.logprobs)
+        if self.guard:
+            d["cut_kinds"] = sorted(self.cut_kinds)
         return d
 
     def unsupported(self, params: SamplingParams) -> dict[str, str]:
@@ -243,7 +300,8 @@ class OpenAIEngine(Engine):
         attempts = 0
         error = ""
         try:
-            path, body = build_body(request, self.model, self.dialect, self.api, self.stream)
+            path, body = build_body(request, self.model, self.dialect, self.api, self.stream,
+                                    logprobs=self.logprobs)
         except _Fatal as e:
             return self._error(request, str(e), started, 0)
         while True:
@@ -287,6 +345,10 @@ class OpenAIEngine(Engine):
             extra["server_finish_reason"] = raw
         if got.get("cut"):
             extra["cut"] = got["cut"]
+        if got.get("logprobs"):
+            extra["logprobs"] = [round(v, 4) for v in got["logprobs"]]
+            if got.get("logprob_chars"):
+                extra["logprob_chars"] = got["logprob_chars"]
         usage = got.get("usage") or {}
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None and got.get("chunks") is not None:
@@ -305,6 +367,9 @@ class OpenAIEngine(Engine):
             return
         detail = _error_detail(r)
         msg = f"HTTP {r.status_code} from {r.request.url.path}: {detail}"
+        if self.logprobs and r.status_code in (400, 422):
+            msg += " (the request asked for logprobs: pass --no-logprobs if the server " \
+                   "refuses them)"
         if r.status_code == 429 or r.status_code >= 500:
             ra = r.headers.get("retry-after")
             try:
@@ -330,7 +395,8 @@ class OpenAIEngine(Engine):
         text = (choice.get("message") or {}).get("content") if "message" in choice \
             else choice.get("text")
         return {"text": text or "", "finish_reason": choice.get("finish_reason"),
-                "usage": data.get("usage")}
+                "usage": data.get("usage"), "logprobs": _finite(token_logprobs(
+                    choice.get("logprobs")) or ())}
 
     def _stream(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         parts: list[str] = []
@@ -340,12 +406,15 @@ class OpenAIEngine(Engine):
         chunks = 0
         done = False
         cut: dict[str, Any] | None = None
-        detector = None
+        cut_kind = ""
+        lps: list[float] = []
+        lp_chars: list[int] | None = []  # text each token brought (None: not aligned)
+        watch = None
         if self.guard:
             from degen.detect.loop import prompt_text
-            from degen.detect.watch import LoopWatch
+            from degen.detect.watch import CUT_REASON, Watch
 
-            detector = LoopWatch(prompt_text(body.get("messages"), body.get("prompt")))
+            watch = Watch(prompt_text(body.get("messages"), body.get("prompt")))
         try:
             with self._client.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
@@ -369,24 +438,38 @@ class OpenAIEngine(Engine):
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         piece = delta.get("content") if "delta" in choice else choice.get("text")
+                        got = token_logprobs(choice.get("logprobs")) if self.logprobs \
+                            else None
+                        if got:
+                            got = _finite(got)
+                        if got:
+                            lps.extend(got)
+                            if lp_chars is not None:
+                                lp_chars.extend([len(piece or "")] + [0] * (len(got) - 1))
+                        elif piece:
+                            lp_chars = None  # text without log-probabilities
                         if piece:
                             if first is None:
                                 first = time.time()
                             parts.append(piece)
                             chunks += 1
-                            if detector is not None and detector.feed(piece) is not None:
-                                cut = detector.finding.to_dict()
+                        if watch is not None and cut is None and (piece or got) and \
+                                watch.feed(piece or "", got) is not None:
+                            f = watch.first_of(self.cut_kinds)
+                            if f is not None:
+                                cut, cut_kind = f.to_dict(), f.kind
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
                     if cut is not None:  # leaving the block closes the connection:
-                        finish = "repetition"  # vLLM and llama.cpp abort the request
+                        finish = CUT_REASON[cut_kind]  # vLLM and llama.cpp abort the request
                         break
         except httpx.TransportError as e:
             raise _Retryable(f"{type(e).__name__} during the stream: {e}") from None
         if not done and finish is None:
             raise _Retryable("the stream ended before a finish_reason or [DONE]")
         return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
-                "first_token_at": first, "chunks": chunks, "cut": cut}
+                "first_token_at": first, "chunks": chunks, "cut": cut, "logprobs": lps,
+                "logprob_chars": lp_chars if lps else None}
 
 
 class SSEData:
@@ -421,6 +504,11 @@ def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:
             yield payload
     if (payload := events.end()) is not None:
         yield payload
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    """Log-probabilities that can be stored (a -inf or NaN is not JSON)."""
+    return [v for v in values if math.isfinite(v)]
 
 
 def _error_detail(r: httpx.Response) -> str:

@@ -1,14 +1,16 @@
 """``degen guard``: an OpenAI-compatible proxy in front of vLLM, llama.cpp or any
-OpenAI-compatible server that cuts looping generations as they happen.
+OpenAI-compatible server that cuts degenerate generations as they happen.
 
-Every generation request goes upstream as a stream; the text of each choice is
-watched by :class:`~degen.detect.watch.LoopWatch` (the streaming loop detector with
+Every generation request goes upstream as a stream (asking for the sampled tokens'
+log-probabilities, which the client does not see unless it asked); the text of each
+choice is watched by a :class:`~degen.detect.watch.Watch` for every kind: loops (with
 the batch detector's vetoes, so requested repetition, tables and counting are left
-alone). A confirmed loop ends the answer with ``finish_reason: "repetition"`` and the
-evidence in a ``degen`` field, and the upstream connection is closed so the server
-aborts the request and frees its KV cache. The proxy also caps ``max_tokens``,
-applies parameter defaults and overrides (or a tuning study's best parameters) and
-serves Prometheus metrics.
+alone), gibberish and glued words. A confirmed loop ends the answer with
+``finish_reason: "repetition"``, gibberish or glued words with ``"degenerate"`` (or
+``"length"`` for strict clients), the evidence in a ``degen`` field, and the upstream
+connection is closed so the server aborts the request and frees its KV cache. The
+proxy also caps ``max_tokens``, applies parameter defaults and overrides (or a tuning
+study's best parameters) and serves Prometheus metrics.
 
     from degen.guard import GuardConfig, create_app
     import uvicorn

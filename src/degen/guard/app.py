@@ -4,8 +4,11 @@ Routes:
 
 - ``POST /v1/chat/completions``, ``POST /v1/completions``: guarded. The request gets
   the configured defaults, overrides and the max_tokens cap and always goes upstream
-  as a stream; each choice's text is watched (:mod:`degen.guard.exchange`); a cut
-  closes the upstream connection, which makes vLLM and llama.cpp abort the request.
+  as a stream, asking for the sampled tokens' log-probabilities when the client did
+  not (they are taken out of its answer; a server that refuses them with 400 gets the
+  request again without, and is not asked again for that model); each choice's text
+  is watched (:mod:`degen.guard.exchange`); a cut closes the upstream connection,
+  which makes vLLM and llama.cpp abort the request.
 - ``GET /v1/models`` and any other ``/v1/...`` path: relayed as they are (buffered,
   not watched).
 - ``GET /health``: the guard is up (does not call the upstream).
@@ -41,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from degen.engines.openai import SSEData
+from degen.engines.openai import SSEData, logprob_fields
 from degen.guard.config import GuardConfig
 from degen.guard.exchange import CHAT, COMPLETIONS, Exchange
 from degen.guard.metrics import CONTENT_TYPE, GuardMetrics
@@ -52,6 +55,24 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _DONE = b"data: [DONE]\n\n"
 _ERROR_BODY_LIMIT = 64 * 1024
+_LOGPROB_KEYS = ("logprobs", "top_logprobs")
+
+try:  # faster (de)serialization of the chunks the guard changes, when installed
+    import orjson
+
+    def _loads(data: str) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:  # NaN or Infinity, which Python's json writes
+            return json.loads(data)
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj).encode()
 
 
 def error_body(message: str, type_: str, code: Any, param: Any = None) -> dict[str, Any]:
@@ -136,6 +157,8 @@ class Guard:
         self.metrics = GuardMetrics()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        # models whose upstream refused the log-probabilities the guard asked for
+        self.no_logprobs: set[str] = set()
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -229,6 +252,27 @@ class Guard:
                                  "include_usage": True}
         return out, limit
 
+    def ask_logprobs(self, endpoint: str, out: dict[str, Any]) -> bool:
+        """Ask the upstream for the sampled tokens' log-probabilities in ``out`` (the
+        upstream body) when the request does not already ask for them. True when the
+        guard added them (they must then be taken out of the client's answer).
+
+        Not asked: with ``logprobs`` off, for a model whose upstream refused them, or
+        for chat requests with tools (llama.cpp refuses logprobs with tools when
+        streaming)."""
+        if not self.config.logprobs:
+            return False
+        chat = endpoint == CHAT
+        asked = out.get("logprobs")
+        if (asked if chat else asked is not None and asked is not False):
+            return False  # the client's own: relayed untouched
+        if chat and out.get("tools"):
+            return False
+        if str(out.get("model")) in self.no_logprobs:
+            return False
+        out.update(logprob_fields(chat))
+        return True
+
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -258,7 +302,10 @@ class Guard:
             self.metrics.rejected.inc(status=str(r.status))
             self.metrics.requests.inc(endpoint=endpoint, stream="unknown")
             return r.response()
-        ex = Exchange(endpoint, body, up_body, limit, cut=self.config.cut)
+        strip = self.ask_logprobs(endpoint, up_body)
+        cfg = self.config
+        ex = Exchange(endpoint, body, up_body, limit, cut_kinds=cfg.cut_kinds,
+                      cut_reason=cfg.cut_reason, strip_logprobs=strip)
         ex.started = started
         self.metrics.requests.inc(endpoint=endpoint, stream=str(ex.stream).lower())
         if self.config.log_content:
@@ -355,9 +402,9 @@ class _Relay(Response):
         resp: httpx.Response | None = None
         try:
             try:
-                req = g.client.build_request("POST", self.url, json=self.body,
-                                             headers=self.headers_up)
-                resp = await g.client.send(req, stream=True)
+                resp = await self._send()
+                if resp.status_code in (400, 422) and ex.strip_logprobs:
+                    resp = await self._without_logprobs(resp)
             except httpx.TimeoutException as e:
                 return await self._fail(send, 504, e)
             except httpx.TransportError as e:
@@ -378,6 +425,30 @@ class _Relay(Response):
             if resp is not None:
                 with anyio.CancelScope(shield=True):
                     await resp.aclose()
+
+    async def _send(self) -> httpx.Response:
+        g = self.guard
+        req = g.client.build_request("POST", self.url, json=self.body, headers=self.headers_up)
+        return await g.client.send(req, stream=True)
+
+    async def _without_logprobs(self, refused: httpx.Response) -> httpx.Response:
+        """The upstream refused the request the guard added log-probabilities to: send
+        it again without them. If that one goes through, the guard stops asking for
+        this model (and says so once)."""
+        raw = await _read_limited(refused, _ERROR_BODY_LIMIT)
+        await refused.aclose()
+        self.body = {k: v for k, v in self.body.items() if k not in _LOGPROB_KEYS}
+        self.ex.strip_logprobs = False
+        resp = await self._send()
+        if resp.status_code < 400:
+            model = str(self.body.get("model"))
+            if model not in self.guard.no_logprobs:
+                self.guard.no_logprobs.add(model)
+                msg = upstream_error(refused.status_code, raw)["error"]["message"]
+                log.warning("the upstream refused logprobs for model %s (HTTP %d: %s); "
+                            "watching its text only", model, refused.status_code,
+                            str(msg)[:200])
+        return resp
 
     async def _fail(self, send: Send, status: int, e: BaseException | str) -> None:
         self.guard.metrics.upstream_errors.inc(status=str(status))
@@ -405,6 +476,8 @@ class _Relay(Response):
         for c in choices if isinstance(choices, list) else ():
             if isinstance(c, dict):
                 self.ex.choice(c.get("index", 0)).finish = c.get("finish_reason") or "stop"
+                if self.ex.strip_logprobs and c.get("logprobs") is not None:
+                    c["logprobs"] = None
         await self._json(send, resp.status_code, obj)
 
     async def _chunks(self, resp: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
@@ -413,7 +486,7 @@ class _Relay(Response):
                 yield payload, None
                 return
             try:
-                yield payload, json.loads(payload)
+                yield payload, _loads(payload)
             except ValueError:
                 yield payload, ValueError(f"malformed event from the upstream: {payload[:80]!r}")
 
@@ -470,12 +543,12 @@ class _Relay(Response):
             if not changed:
                 await out(b"data: " + payload.encode() + b"\n\n")
             elif chunk.get("choices") or chunk.get("usage"):
-                await out(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                await out(b"data: " + _dumps(chunk) + b"\n\n")
             if cut_now:
                 if ex.all_done():
                     await resp.aclose()  # the upstream aborts the request now
                 for i in cut_now:
-                    await out(b"data: " + json.dumps(ex.cut_chunk(i)).encode() + b"\n\n")
+                    await out(b"data: " + _dumps(ex.cut_chunk(i)) + b"\n\n")
                 if ex.all_done():
                     ex.finished_stream = True
                     break
@@ -484,7 +557,7 @@ class _Relay(Response):
                 ex.finished_stream = True
         if ex.finished_stream and ex.client_usage and not usage_sent and self.error is None:
             # asked for, and the upstream did not send it (a cut, or llama-cpp-python)
-            await out(b"data: " + json.dumps(ex.usage_chunk()).encode() + b"\n\n")
+            await out(b"data: " + _dumps(ex.usage_chunk()) + b"\n\n")
 
     async def _collect(self, send: Send, resp: httpx.Response) -> None:
         ex = self.ex
@@ -548,8 +621,8 @@ class _Relay(Response):
             if st.watch is not None:
                 for why, n in st.watch.vetoes.items():
                     m.vetoes.inc(n, reason=why)
-            if st.finding is not None:
-                m.detected.inc(kind=st.finding.kind)
+                for kind in st.watch.findings:
+                    m.detected.inc(kind=kind)
             if st.cut is not None:
                 m.cuts.inc(kind=st.cut["kind"])
                 m.cut_after.observe(st.tokens)

@@ -1,6 +1,6 @@
 """The guard's configuration: :class:`GuardConfig`, validated on construction, and the
-helpers that build it from flags (``name=value`` parameters, sizes, a tuning study's
-best parameters)."""
+helpers that build it from flags (``name=value`` parameters, sizes, kinds to cut, a
+tuning study's best parameters)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from degen.detect.watch import KINDS, cut_kinds
 from degen.errors import InvalidParams, UsageError
 
+CUT_REASONS = ("kind", "length")
 # Fields the guard owns: a default or override of them would break the proxy itself.
 PROTECTED = frozenset({"stream", "stream_options", "messages", "prompt"})
 # Knob values `degen tune` may store that become request fields (built as the openai
@@ -50,6 +52,18 @@ def parse_assignments(specs: Iterable[str], flag: str) -> dict[str, Any]:
     return dict(parse_assignment(s, flag) for s in specs)
 
 
+def parse_kinds(spec: str | None, flag: str = "--cut") -> frozenset[str]:
+    """``loop,gibberish`` or ``all`` -> the kinds (empty for None or "")."""
+    if spec is None or not spec.strip():
+        return frozenset()
+    try:
+        return cut_kinds(spec)
+    except InvalidParams:
+        bad = [k.strip() for k in spec.split(",") if k.strip() not in (*KINDS, "all", "")]
+        raise InvalidParams(f"{flag}: unknown kind {bad[0]!r}; use all or any of "
+                            f"{', '.join(KINDS)}, comma-separated") from None
+
+
 def parse_size(text: str | int) -> int:
     """``1048576``, ``1MiB``, ``512KiB``, ``2MB`` -> bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -83,7 +97,13 @@ class GuardConfig:
         max_body: largest request body accepted, in bytes (413 above).
         timeout: seconds without data from the upstream before a request fails (504).
         connect_timeout: seconds to connect to the upstream (502 past it).
-        cut: cut looping streams (False: only watch and count them).
+        cut_kinds: the kinds of degeneration that end a generation (:data:`KINDS`:
+            loop, gibberish, spacing; every kind is watched and counted either way).
+        cut_reason: the finish_reason of a cut: ``"kind"`` (``"repetition"`` for a loop,
+            ``"degenerate"`` for babble and glued words) or ``"length"`` (for clients
+            that accept only OpenAI's values; the ``degen`` evidence names the kind).
+        logprobs: ask the upstream for the sampled tokens' log-probabilities when the
+            client did not (the watch weighs them in; the client never sees them).
         log_content: log prompts and outputs (never done otherwise).
         max_connections: upstream connections open at once at most.
     """
@@ -100,7 +120,9 @@ class GuardConfig:
     max_body: int = 1 << 20
     timeout: float = 600.0
     connect_timeout: float = 10.0
-    cut: bool = True
+    cut_kinds: frozenset[str] = frozenset(KINDS)
+    cut_reason: str = "kind"
+    logprobs: bool = True
     log_content: bool = False
     max_connections: int = 1024
 
@@ -136,6 +158,17 @@ class GuardConfig:
             for k in fields:
                 if k in PROTECTED:
                     raise InvalidParams(f"{what} {k}: the guard sets {k} itself")
+        if isinstance(self.cut_kinds, str):
+            s(self, "cut_kinds", parse_kinds(self.cut_kinds))
+        else:
+            kinds = frozenset(self.cut_kinds)
+            bad = sorted(kinds - set(KINDS))
+            if bad:
+                raise InvalidParams(f"--cut: unknown kind {bad[0]!r}; use all or any of "
+                                    f"{', '.join(KINDS)}")
+            s(self, "cut_kinds", kinds)
+        if self.cut_reason not in CUT_REASONS:
+            raise InvalidParams(f"--cut-reason must be kind or length, got {self.cut_reason!r}")
         s(self, "defaults", dict(self.defaults))
         s(self, "overrides", dict(self.overrides))
 

@@ -1,26 +1,31 @@
-"""One guarded generation request: the client's shape, the per-choice loop watches, and
-the answer built from the upstream's stream.
+"""One guarded generation request: the client's shape, the per-choice watches, and the
+answer built from the upstream's stream.
 
 The guard always asks the upstream for a stream. :class:`Exchange` is fed the parsed
 server-sent events one at a time (:meth:`Exchange.process`); it watches the text of
-every choice with a :class:`~degen.detect.watch.LoopWatch` and, when one confirms a
-loop, marks the choice cut: the caller stops relaying it, closes the upstream once
-every choice is done, and sends :meth:`Exchange.cut_chunk` (``finish_reason:
-"repetition"`` and the evidence in a ``degen`` field). For a client that did not ask
-for a stream, the pieces are put back together into one ordinary response
-(:meth:`Exchange.response`). No I/O happens here.
+every choice (and the sampled tokens' log-probabilities when the chunks carry them)
+with a :class:`~degen.detect.watch.Watch` for every kind. When it confirms a kind that
+is cut, the choice is marked cut: the caller stops relaying it, closes the upstream
+once every choice is done, and sends :meth:`Exchange.cut_chunk` (``finish_reason``
+``"repetition"`` for a loop, ``"degenerate"`` for babble or glued words, or
+``"length"`` for strict clients; the evidence in a ``degen`` field). Log-probabilities
+the guard asked for and the client did not are taken out of what the client gets. For
+a client that did not ask for a stream, the pieces are put back together into one
+ordinary response (:meth:`Exchange.response`). No I/O happens here.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from degen.detect.base import Finding
 from degen.detect.loop import prompt_text
-from degen.detect.watch import LoopWatch
+from degen.detect.watch import CUT_REASON, KINDS, Watch
+from degen.engines.openai import token_logprobs
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -31,10 +36,10 @@ class ChoiceState:
     """What the guard knows of one choice (``index``) of the answer."""
 
     index: int
-    watch: LoopWatch | None
-    tokens: int = 0  # chunks that carried text: generated tokens, as servers stream them
+    watch: Watch | None
+    tokens: int = 0  # generated tokens: logprobs received, else chunks that carried text
     finish: str | None = None
-    finding: Finding | None = None
+    finding: Finding | None = None  # the finding the choice was cut for
     cut: dict[str, Any] | None = None  # the ``degen`` evidence when cut
     role: str | None = None
     text: list[str] = field(default_factory=list)
@@ -56,12 +61,19 @@ class Exchange:
         client_body: the JSON the client sent.
         upstream_body: what goes upstream (after defaults, overrides and the cap).
         max_tokens: the generation limit the upstream was given.
-        detect: watch for loops; ``cut``: cut them (else only record them).
+        detect: watch the choices (every kind); ``cut_kinds``: the kinds that end a
+            choice (the others are only recorded).
+        cut_reason: ``"kind"`` (the finish_reason of the kind: ``"repetition"`` or
+            ``"degenerate"``) or ``"length"`` (for clients that accept only OpenAI's
+            values); the evidence names the kind either way.
+        strip_logprobs: the guard asked the upstream for log-probabilities the client
+            did not ask for: take them out of what the client gets.
     """
 
     def __init__(self, endpoint: str, client_body: dict[str, Any],
                  upstream_body: dict[str, Any], max_tokens: int, *, detect: bool = True,
-                 cut: bool = True) -> None:
+                 cut_kinds: Iterable[str] = KINDS, cut_reason: str = "kind",
+                 strip_logprobs: bool = False) -> None:
         self.endpoint = endpoint
         self.chat = endpoint == CHAT
         self.stream = bool(client_body.get("stream"))
@@ -71,7 +83,10 @@ class Exchange:
         n = upstream_body.get("n", 1)
         self.n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
         self.max_tokens = max_tokens
-        self.detect, self.cut = detect, cut
+        self.detect = detect
+        self.cut_kinds = frozenset(cut_kinds)
+        self.cut_reason = cut_reason
+        self.strip_logprobs = strip_logprobs
         self._prompt: str | None = None
         self._body = upstream_body
         self.choices: dict[int, ChoiceState] = {}
@@ -94,7 +109,7 @@ class Exchange:
     def choice(self, index: int) -> ChoiceState:
         st = self.choices.get(index)
         if st is None:
-            watch = LoopWatch(self.prompt) if self.detect else None
+            watch = Watch(self.prompt) if self.detect else None
             st = self.choices[index] = ChoiceState(index, watch)
         return st
 
@@ -128,27 +143,37 @@ class Exchange:
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             else:
                 delta, text, reasoning = None, ch.get("text"), None
-            if text or reasoning:
-                st.tokens += 1
-                if self.first_token_at is None:
+            lp = ch.get("logprobs")
+            lps = token_logprobs(lp) if lp is not None else None
+            if text or reasoning or lps:
+                st.tokens += len(lps) if lps else 1
+                if self.first_token_at is None and (text or reasoning):
                     self.first_token_at = time.monotonic()
-                if st.watch is not None and st.finding is None:
-                    f = st.watch.feed(reasoning) if isinstance(reasoning, str) else None
-                    if f is None and isinstance(text, str):
-                        f = st.watch.feed(text)
+                w = st.watch
+                if w is not None and not w.done:
+                    found = False
+                    if isinstance(reasoning, str) and reasoning:
+                        found = w.feed(reasoning, lps) is not None
+                        lps = None  # fed once, with the chunk's first text
+                    body = text if isinstance(text, str) else ""
+                    if body or lps:
+                        found = (w.feed(body, lps) is not None) or found
+                    f = w.first_of(self.cut_kinds) if found and self.cut_kinds else None
                     if f is not None:
                         st.finding = f
-                        if self.cut:
-                            st.cut = self._evidence(st, f)
-                            cut_now.append(st.index)
-                            changed = True
-                            continue
+                        st.cut = self._evidence(st, f)
+                        cut_now.append(st.index)
+                        changed = True
+                        continue
+            if lp is not None and self.strip_logprobs:
+                ch["logprobs"] = None  # what the client would have seen without them
+                changed = True
             if not self.stream:
                 self._collect(st, ch, delta, text, reasoning)
             if ch.get("finish_reason"):
                 st.finish = ch["finish_reason"]
-                if st.watch is not None and st.finding is None:
-                    st.finding = st.watch.finish()  # a loop that ran to the end
+                if st.watch is not None and not st.watch.done:
+                    st.watch.finish()  # what ran to the end (counted, not cut)
             keep.append(ch)
         if changed:
             chunk["choices"] = keep
@@ -158,6 +183,11 @@ class Exchange:
         d = f.to_dict()
         d.update(index=st.index, completion_tokens=st.tokens, max_tokens=self.max_tokens)
         return d
+
+    def reason(self, st: ChoiceState) -> str:
+        """The finish_reason the client gets for a cut choice."""
+        assert st.finding is not None
+        return "length" if self.cut_reason == "length" else CUT_REASON[st.finding.kind]
 
     def _collect(self, st: ChoiceState, ch: dict[str, Any], delta: dict[str, Any] | None,
                  text: Any, reasoning: Any) -> None:
@@ -223,8 +253,10 @@ class Exchange:
                 "total_tokens": pt + ct if isinstance(pt, int) else None}
 
     def finish_reasons(self) -> list[str]:
-        return [("repetition" if st.cut is not None else st.finish or "unfinished")
-                for _, st in sorted(self.choices.items())]
+        """Each choice's finish reason as it truly was (a cut is named by its kind's
+        reason even when the client is told ``"length"``): for metrics and the log."""
+        return [(CUT_REASON[st.finding.kind] if st.cut is not None and st.finding is not None
+                 else st.finish or "unfinished") for _, st in sorted(self.choices.items())]
 
     # ------------------------------------------------------------------ output
     def _head(self, obj: str) -> dict[str, Any]:
@@ -233,16 +265,16 @@ class Exchange:
                 "model": self.meta.get("model") or self._body.get("model")}
 
     def cut_chunk(self, index: int) -> dict[str, Any]:
-        """The last chunk of a cut choice: ``finish_reason: "repetition"`` (vLLM's name),
+        """The last chunk of a cut choice: ``finish_reason`` ``"repetition"`` (vLLM's
+        name) for a loop, ``"degenerate"`` for babble and glued words (or ``"length"``),
         the evidence in ``degen``."""
         st = self.choices[index]
+        reason = self.reason(st)
         if self.chat:
-            choice = {"index": index, "delta": {}, "logprobs": None,
-                      "finish_reason": "repetition"}
+            choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
             out = self._head("chat.completion.chunk")
         else:
-            choice = {"index": index, "text": "", "logprobs": None,
-                      "finish_reason": "repetition"}
+            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
             out = self._head("text_completion")
         out["choices"] = [choice]
         out["degen"] = st.cut
@@ -259,7 +291,7 @@ class Exchange:
         choices = []
         first_cut = None
         for idx, st in sorted(self.choices.items()):
-            reason = "repetition" if st.cut is not None else st.finish
+            reason = self.reason(st) if st.cut is not None else st.finish
             if self.chat:
                 msg: dict[str, Any] = {"role": st.role or "assistant",
                                        "content": "".join(st.text)

@@ -151,12 +151,15 @@ class GuardMetrics:
         self.requests = Counter(p + "requests_total", "Requests received, by endpoint and "
                                 "whether the client asked for a stream.", ("endpoint", "stream"))
         self.responses = Counter(p + "responses_total", "Generations answered, by endpoint and "
-                                 "finish reason (repetition: cut by the guard).",
+                                 "finish reason (repetition: a loop cut by the guard, "
+                                 "degenerate: gibberish or glued words cut; a cut counts "
+                                 "under its kind's reason even with --cut-reason length).",
                                  ("endpoint", "finish_reason"))
         self.cuts = Counter(p + "cuts_total", "Generations cut, by the kind of degeneration.",
                             ("kind",))
-        self.detected = Counter(p + "detected_total", "Loops detected, cut or not (with "
-                                "--no-cut the guard only counts them).", ("kind",))
+        self.detected = Counter(p + "detected_total", "Degenerations detected, by kind (loop, "
+                                "gibberish, spacing), cut or not (--no-cut, or found at the "
+                                "end of an answer).", ("kind",))
         self.vetoes = Counter(p + "vetoes_total", "Repeating runs judged legitimate and left "
                               "alone, by reason (requested, data, counting, markup).",
                               ("reason",))

@@ -5,7 +5,11 @@ the guard, streams that loop forever, drip forever or go as fast as they can.
 Each POST takes the next behaviour from ``script`` (the last one repeats), or the one
 its body names in a ``"scripted"`` field (mixed load). Every
 request body is kept in ``bodies`` (and its Authorization header in ``auths``) so
-tests can check what the client sent. ``open_connections`` counts the connections
+tests can check what the client sent. A request that asks for log-probabilities (chat
+``"logprobs": true``, completions ``"logprobs": N``) gets one per streamed chunk, in
+vLLM's shapes (chat ``logprobs.content``, completions ``logprobs.token_logprobs``):
+``logprob``, or the request's ``"scripted_logprob"``; ``logprobs=False`` plays a
+server that ignores the request. ``open_connections`` counts the connections
 open right now; an endless stream notes in ``closed_at`` (``time.monotonic()``) when
 its client hung up.
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
+import re
 import select
 import socket
 import threading
@@ -23,6 +29,40 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 OK_TEXT = "Hello there."
+_PIECE = re.compile(r"\s*[^\s]{1,5}|\s+")  # a word piece: about one token
+
+_SUBJECTS = ("the old farmer", "a young teacher", "my neighbour", "the tired doctor",
+             "her brother", "the small child", "our captain", "a quiet student", "the baker",
+             "his mother", "the new manager", "a friendly driver", "the village priest",
+             "my cousin", "the careful pilot", "a local artist")
+_VERBS = ("walked to", "looked at", "painted", "cleaned", "visited", "repaired", "found",
+          "carried", "opened", "described", "photographed", "sold", "bought", "noticed",
+          "left", "remembered")
+_OBJECTS = ("the red barn", "a wooden boat", "the garden gate", "an empty house",
+            "the long bridge", "a blue bicycle", "the market square", "a broken chair",
+            "the stone wall", "an old piano", "the kitchen window", "a heavy box",
+            "the church tower", "a winter coat", "the public library", "a small shop")
+_WHEN = ("early in the morning", "after lunch", "before the storm", "on a rainy day",
+         "late at night", "during the summer", "last week", "on Sunday", "in the spring",
+         "after school", "before dinner", "at noon")
+_TAILS = ("and then went home", "while the dog slept", "because it was needed",
+          "without saying a word", "with great care", "as the sun went down",
+          "and smiled at everyone", "although it was cold", "before anyone else arrived",
+          "and told a long story about it")
+
+
+def prose_words(seed: int = 0) -> Iterator[str]:
+    """Plain English that never repeats (seeded sentences), one word at a time, without
+    end: a stream the guard must relay whole, however long."""
+    rng = random.Random(seed)
+    while True:
+        s = " ".join(rng.choice(part) for part in (_SUBJECTS, _VERBS, _OBJECTS, _WHEN, _TAILS))
+        yield from (s[0].upper() + s[1:] + ".").split()
+
+
+def prose(words: int, seed: int = 0) -> list[str]:
+    """The first ``words`` words of :func:`prose_words`."""
+    return list(itertools.islice(prose_words(seed), words))
 
 
 def _chat(text: str, finish: str = "stop") -> dict[str, Any]:
@@ -42,28 +82,37 @@ class _QuietServer(ThreadingHTTPServer):
 class ScriptedServer:
     """See the module doc. Stream behaviours (``loop``, ``drip``, ``fast``, ``echo``)
     answer ``/completions`` with ``text`` chunks and ``/chat/completions`` with deltas.
+    ``fast`` streams :func:`prose`, one word a chunk, all at once.
 
     Args:
         script: behaviours, one per POST (the last repeats).
         interval_s: pause between the chunks of ``loop`` and ``drip``.
         loop_prefix, loop_unit: ``loop`` streams the prefix's words, then the unit's
             words over and over (until ``max_chunks``, then ``finish_reason: length``).
-        fast_chunks: chunks ``fast`` sends.
+        fast_chunks: chunks (words) ``fast`` sends.
         echo_text: what ``echo`` streams when the request has no ``echo`` field.
+        logprobs: stream log-probabilities to requests that ask (False: ignore them).
+        logprob: the log-probability given to every streamed token.
+        texts: what ``replay`` streams: the text whose index is the request's ``seed``,
+            in word pieces (about a token each), then ``finish_reason: length``.
     """
 
     def __init__(self, script: list[str], owned_by: str = "scripted",
                  hang_s: float = 5.0, interval_s: float = 0.01,
                  loop_prefix: str = "Once upon a time there was a cat.",
                  loop_unit: str = "The cat sat on the mat.", max_chunks: int = 5000,
-                 fast_chunks: int = 32, echo_text: str = OK_TEXT) -> None:
+                 fast_chunks: int = 32, echo_text: str = OK_TEXT, logprobs: bool = True,
+                 logprob: float = -0.3, texts: list[str] | None = None) -> None:
         self.script = list(script)
         self.owned_by = owned_by
         self.hang_s = hang_s
         self.interval_s = interval_s
         self.loop_prefix, self.loop_unit = loop_prefix, loop_unit
         self.max_chunks, self.fast_chunks = max_chunks, fast_chunks
+        self.fast_words = prose(fast_chunks)
         self.echo_text = echo_text
+        self.logprobs, self.logprob = logprobs, logprob
+        self.texts = list(texts or ())
         self.bodies: list[dict[str, Any]] = []
         self.auths: list[str | None] = []
         self.closed_at: list[float] = []
@@ -141,6 +190,16 @@ class ScriptedServer:
             def do_e400(self, stream: bool) -> None:
                 self._json(400, {"error": {"message": "bad request: prompt too long"}})
 
+            def do_no_logprobs(self, stream: bool) -> None:
+                """400 to a request that asks for log-probabilities (as OpenAI's reasoning
+                models answer), else ``echo``."""
+                if self.body.get("logprobs") not in (None, False) or \
+                        self.body.get("top_logprobs") is not None:
+                    self._json(400, {"error": {"message": "logprobs is not supported with "
+                                               "this model", "code": "unsupported_parameter"}})
+                else:
+                    self.do_echo(stream)
+
             def do_e429(self, stream: bool) -> None:
                 self._json(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.2"})
 
@@ -167,13 +226,28 @@ class ScriptedServer:
                 self.wfile.flush()
 
             # --- streams for the guard ------------------------------------
+            def _lp(self, chat: bool, text: str) -> dict[str, Any] | None:
+                """The chunk's ``logprobs``: one token (``text``) when asked for."""
+                asked = self.body.get("logprobs")
+                if not server.logprobs or not text or asked is None or asked is False:
+                    return None
+                lp = float(self.body.get("scripted_logprob", server.logprob))
+                if chat:
+                    return {"content": [{"token": text, "logprob": lp, "bytes": None,
+                                         "top_logprobs": [{"token": text, "logprob": lp,
+                                                           "bytes": None}]}]}
+                return {"tokens": [text], "token_logprobs": [lp], "top_logprobs": [{text: lp}],
+                        "text_offset": [0]}
+
             def _piece(self, text: str, finish: str | None = None) -> dict[str, Any]:
                 if self.path.rstrip("/").endswith("/chat/completions"):
                     choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text
-                                              else {}, "finish_reason": finish}
+                                              else {}, "logprobs": self._lp(True, text),
+                                              "finish_reason": finish}
                     obj = "chat.completion.chunk"
                 else:
-                    choice = {"index": 0, "text": text, "finish_reason": finish}
+                    choice = {"index": 0, "text": text, "logprobs": self._lp(False, text),
+                              "finish_reason": finish}
                     obj = "text_completion"
                 return {"id": "scripted-1", "object": obj, "created": 1, "model": "scripted",
                         "choices": [choice]}
@@ -215,12 +289,12 @@ class ScriptedServer:
                 self._endless(itertools.chain(words, itertools.cycle(unit)))
 
             def do_drip(self, stream: bool) -> None:
-                self._endless(f"word{i} " for i in itertools.count())
+                self._endless(w + " " for w in prose_words())
 
             def do_fast(self, stream: bool) -> None:
                 self._start_sse()
-                out = b"".join(b"data: " + json.dumps(self._piece(f"tok{i} ")).encode()
-                               + b"\n\n" for i in range(server.fast_chunks))
+                out = b"".join(b"data: " + json.dumps(self._piece(w + " ")).encode()
+                               + b"\n\n" for w in server.fast_words)
                 out += b"data: " + json.dumps(self._piece("", "stop")).encode() + b"\n\n"
                 usage = {"id": "scripted-1", "object": "chat.completion.chunk", "created": 1,
                          "model": "scripted", "choices": [],
@@ -230,6 +304,18 @@ class ScriptedServer:
                 try:
                     self.wfile.write(out)
                     self.wfile.flush()
+                except OSError:
+                    pass
+
+            def do_replay(self, stream: bool) -> None:
+                """Streams ``texts[seed]`` in word pieces, as a server streams tokens."""
+                text = server.texts[int(self.body.get("seed", 0)) % len(server.texts)]
+                self._start_sse()
+                try:
+                    for piece in _PIECE.findall(text):
+                        self._send_event(self._piece(piece))
+                    self._send_event(self._piece("", "length"))
+                    self._send_event("[DONE]")
                 except OSError:
                     pass
 

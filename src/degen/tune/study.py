@@ -8,9 +8,9 @@ Statistics (the failure rates worth tuning are small, so every request counts):
   trials are then differences between parameters, not between prompt draws. A
   trial's records live in ``trials/<hash of its parameters>/``, so a repeated
   configuration (or a retried trial) resumes its records instead of paying again.
-- **Early cut** (``early_cut``): the engine's streaming loop detector stops a
-  looping generation after tens of tokens (finish_reason ``repetition``); it
-  counts as a failure like a runaway.
+- **Early cut** (``early_cut``): the engine's watch stops a generation that loops,
+  babbles or glues its words after tens of tokens (finish_reason ``repetition`` or
+  ``degenerate``); it counts as a failure like a runaway.
 - **Pruning** (``prune``): a trial stops sending requests once its failure rate is
   confidently worse than a finished trial that is at least as good on the other
   objectives: the lower end of its Wilson 95% interval is above that trial's rate.
@@ -135,7 +135,8 @@ def _redact(url: str) -> str:
 
 # --------------------------------------------------------------------- measuring
 def is_failure(c: Completion, kinds: Sequence[str]) -> bool:
-    """A failure: a runaway or a cut loop (``runaway``), or a verdict of another kind."""
+    """A failure: a runaway or a generation cut early (``runaway``), or a verdict of
+    another kind."""
     if c.is_error:
         return False
     if "runaway" in kinds and c.is_failure:
@@ -143,7 +144,7 @@ def is_failure(c: Completion, kinds: Sequence[str]) -> bool:
     others = [k for k in kinds if k != "runaway"]
     if others and c.verdict:
         return any(k in c.verdict.get("kinds", ()) for k in others)
-    return bool(others) and c.is_cut and "loop" in others
+    return c.is_cut and ((c.extra or {}).get("cut") or {}).get("kind") in others
 
 
 @dataclass
