@@ -1,137 +1,164 @@
-"""Detector benchmarks.
+"""Watch benchmarks: cost per token, scan throughput, and how soon real loops are cut.
 
-1. Streaming loop detector cost: microseconds per token fed, on 1K, 10K and 100K
-   tokens of non-repeating text (Zipf-distributed token ids, like real text), token
-   path and text-delta path. Goal: <= 5 us/token, flat in length.
-2. Detection latency on real loops: the bundled model, greedy, 64 built-in prompts,
-   256 tokens; for every completion that ends in a loop, tokens from the loop's onset
-   (found afterwards on the whole sequence) to the streaming detector's answer.
-   Goal: median <= 2.5 x period + 16.
-3. ``degen scan`` throughput: completions judged per second by every detector.
+1. Cost per token with every kind watched, the text fed as a server streams it (a
+   delta of about 4 characters, a token): on plain prose that never repeats (so the
+   watch reads to the end) at 1K, 10K and 100K tokens, and over the labelled dev set
+   (degenerate texts included, each read until the watch has found every kind it can).
+   Goal: <= 10 us per token, flat in length.
+2. ``degen scan`` throughput on the dev set: completions judged per second by the
+   library on one core (the watch, the runaway detector and the metrics), and by the
+   CLI with --jobs 1 and 2. Goal: >= 300 completions/s per core.
+3. Real loops (``--model``): the bundled model, greedy, 64 built-in prompts, 256 tokens,
+   with the engine's guard: for every generation cut as a loop, tokens from the loop's
+   onset to the cut.
 
-    .venv/bin/python -m benchmarks.bench_detect [--skip-model] [--json F]
+    .venv/bin/python -m benchmarks.bench_detect [--model] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks.corpus import load
+from degen.detect import lexicon
+from degen.detect.watch import Watch
+from degen.testing.scripted import prose_words
 
-from degen.detect.loop import StreamingLoopDetector, measure
-from degen.detect.verdict import default_detectors, judge
-from degen.records import Completion, SamplingParams
-
-
-def zipf_tokens(n: int, seed: int = 0) -> list[int]:
-    rng = np.random.default_rng(seed)
-    return (rng.zipf(1.3, size=n) % 49152).tolist()
+DELTA = 4  # characters per delta: about a token
+REPEATS = 3  # each timing is the best of this many (a shared VM's clock wanders)
 
 
-def stream_cost(n: int) -> dict[str, float]:
-    toks = zipf_tokens(n)
-    d = StreamingLoopDetector()
-    t0 = time.perf_counter()
-    for t in toks:
-        d.feed_token(t)
-    tok_us = (time.perf_counter() - t0) / n * 1e6
-    assert d.finding is None, "random text should not loop"
-    words = [f"w{t}" for t in toks]
-    text = " ".join(words) + " "
-    deltas = [text[i:i + 6] for i in range(0, len(text), 6)]  # ~1 token's worth per delta
-    d = StreamingLoopDetector()
-    t0 = time.perf_counter()
-    for piece in deltas:
-        d.feed_text(piece)
-    text_us = (time.perf_counter() - t0) / n * 1e6
-    return {"tokens": n, "token_path_us": tok_us, "text_path_us": text_us}
+def _deltas(text: str) -> list[str]:
+    return [text[i:i + DELTA] for i in range(0, len(text), DELTA)]
 
 
-def loop_latency(requests: int) -> dict[str, Any]:
+def stream_cost(tokens: int, seed: int = 1) -> dict[str, float]:
+    """Microseconds per delta on prose that never repeats, read to the end."""
+    text = ""
+    words = prose_words(seed)
+    while len(text) < tokens * DELTA:
+        text += " ".join(itertools.islice(words, 1000)) + " "
+    deltas = _deltas(text[:tokens * DELTA])
+    best = float("inf")
+    for _ in range(REPEATS):
+        w = Watch("Tell me a long story.")
+        t0 = time.perf_counter()
+        for d in deltas:
+            w.feed(d)
+        w.finish()
+        best = min(best, time.perf_counter() - t0)
+        assert not w.findings, f"prose should be clean: {w.findings}"
+    return {"tokens": len(deltas), "us_per_token": best / len(deltas) * 1e6}
+
+
+def corpus_cost(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Microseconds per delta over whole texts, as the guard reads them."""
+    feeds = [(r["prompt"], _deltas(r["text"])) for r in rows]
+    n = sum(len(d) for _, d in feeds)
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for prompt, deltas in feeds:
+            w = Watch(prompt)
+            for d in deltas:
+                w.feed(d)
+            w.finish()
+        best = min(best, time.perf_counter() - t0)
+    return {"texts": len(rows), "tokens": n, "us_per_token": best / n * 1e6}
+
+
+def scan_throughput(rows: list[dict[str, Any]], jobs: tuple[int, ...] = (1, 2)
+                    ) -> dict[str, Any]:
+    from degen.detect.verdict import default_detectors, judge
+    from degen.records import Completion, SamplingParams
+
+    cs = [Completion(r["id"], r["id"], SamplingParams(), finish_reason="length",
+                     text=r["text"], prompt=r["prompt"]) for r in rows]
+    dl = default_detectors()
+    best = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        for c in cs:
+            judge(c, dl)
+        best = min(best, time.perf_counter() - t0)
+    lib = len(cs) / best
+    out: dict[str, Any] = {"completions": len(cs), "library_per_s": lib}
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "dev.jsonl"
+        copies = 4  # a file big enough that start-up does not dominate
+        f.write_text("".join(json.dumps({"id": f"{k}-{r['id']}", "text": r["text"],
+                                         "prompt": r["prompt"]}) + "\n"
+                             for k in range(copies) for r in rows))
+        degen = str(Path(sys.executable).parent / "degen")
+        for j in jobs:
+            t0 = time.perf_counter()
+            subprocess.run([degen, "scan", str(f), "--jobs", str(j), "--format", "jsonl"],
+                           check=True, stdout=subprocess.DEVNULL, env=os.environ)
+            out[f"cli_jobs{j}_per_s"] = copies * len(rows) / (time.perf_counter() - t0)
+    return out
+
+
+def real_loops(requests: int) -> dict[str, Any]:
     from degen.engines.local import LocalEngine
     from degen.load.schedule import Plan
     from degen.prompts import load_prompts
+    from degen.records import SamplingParams
 
     plan = Plan(prompts=tuple(load_prompts()), requests=requests,
                 params=SamplingParams(temperature=0, max_tokens=256))
-    with LocalEngine(batch_size=32) as eng:
+    with LocalEngine(batch_size=32, guard=True) as eng:
         cs = eng.generate(plan.requests_for(0), concurrency=requests)
+        tok = eng.tokenizer
     rows = []
     for c in cs:
-        ids = list(c.token_ids or ())
-        d = StreamingLoopDetector()
-        at = None
-        for k, t in enumerate(ids):
-            if d.feed_token(t) is not None:
-                at = k + 1
-                break
-        if at is None:
+        cut = (c.extra or {}).get("cut")
+        if c.finish_reason != "repetition" or not cut:
             continue
-        f = d.finding
-        p = f.evidence["period"]
-        # the true onset: earliest start of the periodic region ending where it was found
-        onset = f.start_unit
-        while onset > 0 and ids[onset - 1] == ids[onset - 1 + p]:
-            onset -= 1
-        extent = measure(ids, onset, p)
-        rows.append({"request": c.request_id, "period": p, "onset": onset, "detected_at": at,
-                     "latency": at - onset, "goal": 2.5 * p + 16,
-                     "to_end": onset + extent >= len(ids), "saved": len(ids) - at})
+        onset = len(tok(c.text[:cut["start_char"]], add_special_tokens=False)["input_ids"])
+        rows.append({"request": c.request_id, "period": cut["evidence"].get("period"),
+                     "onset_token": onset, "cut_at": c.completion_tokens,
+                     "latency": (c.completion_tokens or 0) - onset})
     lat = [r["latency"] for r in rows]
-    goals = [r["goal"] for r in rows]
-    return {"completions": len(cs), "loops": len(rows), "rows": rows,
-            "median_latency": statistics.median(lat) if lat else None,
-            "median_goal": statistics.median(goals) if goals else None,
-            "within_goal": sum(r["latency"] <= r["goal"] for r in rows)}
-
-
-def scan_throughput(n: int = 600) -> dict[str, float]:
-    samples = [
-        "To make green tea that is not bitter, heat the water to about 80 degrees, use one "
-        "teaspoon per cup and steep for two to three minutes. " * 3,
-        "Once upon a time. " + "The end. " * 40,
-        "The album wasreleasedinSeptember and rankednumberone for fourweeks on the chart. " * 3,
-        "Havok! Ein weilen Sand german zum Eisen und yeses. Egadu has meant of helps with hii "
-        "worldwide vor Gott wllbe ingines heiress Horstloppar He in Busche Versuche ab " * 2,
-    ]
-    cs = [Completion(str(i), "p", SamplingParams(), finish_reason="stop",
-                     text=samples[i % len(samples)] + f" {i}") for i in range(n)]
-    dl = default_detectors()
-    judge(cs[0], dl)  # load word lists
-    t0 = time.perf_counter()
-    for c in cs:
-        judge(c, dl)
-    dt = time.perf_counter() - t0
-    return {"completions": n, "per_s": n / dt, "ms_each": dt / n * 1e3}
+    return {"completions": len(cs), "cut": len(rows), "rows": rows,
+            "by_reason": {k: sum(c.finish_reason == k for c in cs)
+                          for k in ("stop", "length", "repetition", "degenerate")},
+            "median_tokens_onset_to_cut": statistics.median(lat) if lat else None,
+            "tokens": sum(c.completion_tokens or 0 for c in cs)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--model", action="store_true", help="also the bundled model's loops")
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    lexicon.lexicon()
+    rows = load(("dev",))
+    stream_cost(2_000, seed=2)  # warm the word caches, as a running guard has them
     out: dict[str, Any] = {"stream": [stream_cost(n) for n in (1_000, 10_000, 100_000)]}
     for r in out["stream"]:
-        print(f"stream {r['tokens']:>7} tokens: {r['token_path_us']:.2f} us/token (ids), "
-              f"{r['text_path_us']:.2f} us/token (text deltas)", flush=True)
-    out["scan"] = scan_throughput()
-    print(f"scan: {out['scan']['per_s']:.0f} completions/s "
-          f"({out['scan']['ms_each']:.2f} ms each)", flush=True)
-    if not a.skip_model:
-        lat = loop_latency(a.requests)
-        out["latency"] = lat
-        print(f"real loops: {lat['loops']} of {lat['completions']} greedy completions; median "
-              f"latency {lat['median_latency']} tokens (median goal {lat['median_goal']}); "
-              f"{lat['within_goal']}/{lat['loops']} within 2.5 x period + 16")
-        for r in lat["rows"]:
-            print(f"  {r['request']:>6} period {r['period']:>3} onset {r['onset']:>3} "
-                  f"found at {r['detected_at']:>3} latency {r['latency']:>3} goal {r['goal']:.0f}")
+        print(f"prose, {r['tokens']:>7} tokens: {r['us_per_token']:.2f} us/token", flush=True)
+    out["corpus"] = corpus_cost(rows)
+    print(f"dev set ({out['corpus']['texts']} texts, {out['corpus']['tokens']} tokens): "
+          f"{out['corpus']['us_per_token']:.2f} us/token", flush=True)
+    out["scan"] = scan_throughput(rows)
+    print("scan: " + ", ".join(f"{k} {v:.0f}" for k, v in out["scan"].items()), flush=True)
+    if a.model:
+        out["loops"] = real_loops(a.requests)
+        lo = out["loops"]
+        print(f"bundled model, greedy, {lo['completions']} prompts: {lo['by_reason']}; "
+              f"{lo['cut']} loops cut, median {lo['median_tokens_onset_to_cut']} tokens from "
+              f"onset to cut")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
 

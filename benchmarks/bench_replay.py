@@ -52,7 +52,8 @@ def start_guard(upstream: str, flags: list[str]) -> tuple[subprocess.Popen[bytes
             return proc, url
         except httpx.TransportError:
             if proc.poll() is not None:
-                raise SystemExit(f"the guard did not start: {proc.stderr.read().decode()}")
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise SystemExit(f"the guard did not start: {err}") from None
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("the guard did not answer in 20 s")

@@ -217,11 +217,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--logprobs", type=Path, help="per-token log-probabilities of the texts "
-                    "(benchmarks.rescore's output): fit the weights used with them")
+                    "(benchmarks.rescore's output): fit the weights used with them, on the "
+                    "texts the bundled model wrote (a server streams the generating "
+                    "model's own log-probabilities, never another's)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     rows = load()
     lp = None
+    if a.logprobs:  # log-probabilities are the generating model's own only on its texts
+        rows = [r for r in rows if r["source"] == "model"]
     feats: tuple[str, ...] = FEATURES
     init: Weights = START
     if a.logprobs:

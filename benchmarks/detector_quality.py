@@ -4,8 +4,9 @@ For each set (the dev set beside the checkout, tests/corpus, both) and each labe
 precision and recall of "degenerate" (any kind found) and of each kind, with Wilson 95%
 intervals; the texts on the wrong side; and whether a streamed verdict (the text fed in
 random pieces of 1-8 characters, as a server streams it) agrees with the batch verdict.
-With ``--logprobs FILE`` (benchmarks.rescore's output) the texts are also judged with
-their tokens' log-probabilities, fed token by token.
+With ``--logprobs FILE`` (benchmarks.rescore's output) the texts the bundled model wrote
+are also judged with their tokens' log-probabilities, fed token by token, next to the
+same texts judged on their text alone.
 
     .venv/bin/python -m benchmarks.detector_quality [--logprobs F] [--json F]
 """
@@ -116,13 +117,15 @@ def main() -> None:
     if a.logprobs:
         with a.logprobs.open() as f:
             lp = {r["id"]: r["tokens"] for r in map(json.loads, f)}
-        idx = [i for i, r in enumerate(rows) if r["id"] in lp]
+        # a server streams the generating model's own log-probabilities: compare on the
+        # texts the bundled model wrote (the written ones' would be another's)
+        idx = [i for i, r in enumerate(rows) if r["id"] in lp and r["source"] == "model"]
         sub = [rows[i] for i in idx]
         found = [with_logprobs(lp[r["id"]], r["prompt"]) for r in sub]
-        out["with_logprobs"] = {"all": score(sub, found)}
-        report("with log-probabilities", out["with_logprobs"]["all"])
+        out["with_logprobs"] = score(sub, found)
+        report("model-written texts, with log-probabilities", out["with_logprobs"])
         out["text_only_same_texts"] = score(sub, [batch[i] for i in idx])
-        report("text only, same texts", out["text_only_same_texts"])
+        report("the same texts, text only", out["text_only_same_texts"])
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
 

@@ -11,7 +11,7 @@ The pieces join back to the text exactly (incremental detokenization, a piece th
 ends inside a character waits for the next token). ``benchmarks.calibrate
 --logprobs FILE`` and ``benchmarks.detector_quality --logprobs FILE`` read it.
 
-    .venv/bin/python -m benchmarks.rescore --out runs/corpus-logprobs.jsonl   # ~3 min
+    .venv/bin/python -m benchmarks.rescore --out runs/corpus-logprobs.jsonl   # ~35 CPU-minutes
 """
 
 from __future__ import annotations

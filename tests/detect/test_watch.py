@@ -119,6 +119,13 @@ def test_code_is_not_judged_as_prose_but_a_stray_backtick_is_no_code() -> None:
     # a fence never closed, then a long line of plain words: prose again
     unclosed = "```js\nlet a = 1;\n" + BABBLE
     assert "gibberish" in watch_text(unclosed)
+    # ... even when the line opens like code: 48 words and barely a code mark
+    unclosed = "```js\nlet a = 1;\nfunction check(): void " + BABBLE
+    assert "gibberish" in watch_text(unclosed)
+    # a long comment line is still code
+    comment = ("```python\n# " + PLAIN.replace(",", "").replace(".", "") + "\n"
+               + "".join(f"x{i}Zq = gRtyuVbn{i}(qwPlk{i})\n" for i in range(30)) + "```")
+    assert watch_text(comment) == {}
 
 
 def test_logprobs_are_weighed_in_when_given() -> None:
@@ -148,6 +155,15 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     assert len(w._text) < 20000
     assert w.loop is not None and len(w.loop._units) <= w.loop._tracker._buf.maxlen + 1
     assert w.babble is not None and len(w.babble._words) <= w.babble.window
+    # after a loop is found (and not cut) the other kinds are still watched, in bounded
+    # memory too
+    w = Watch(config=WatchConfig())
+    for _ in range(30):
+        w.feed("The sea is deep. ")
+    assert "loop" in w.findings
+    for i in range(3000):
+        w.feed(f"On day {i} the gauge read {rng.randint(1, 90)} mm of rain.\n")
+    assert w._kept < 20000
 
 
 def test_a_giant_unit_is_read_before_the_stream_ends() -> None:
@@ -200,3 +216,26 @@ def test_prompt_text() -> None:
     assert prompt_text(prompt="Once") == "Once"
     assert prompt_text(prompt=["a", "b", 3]) == "a b"
     assert prompt_text() == ""
+
+
+def test_a_records_logprobs_are_read_as_they_streamed() -> None:
+    """A record with extra["logprobs"] and extra["logprob_chars"] (what both engines
+    store) is judged token by token: the verdict of the watch that saw the stream."""
+    from degen.detect.watch import watch_completion
+
+    pieces = [BABBLE[i:i + 5] for i in range(0, len(BABBLE), 5)]
+    lps = [-7.5 - (i % 3) for i in range(len(pieces))]
+    w = Watch()
+    for p, lp in zip(pieces, lps, strict=True):
+        w.feed(p, [lp])
+    live = w.finish()
+    c = Completion("r", "p", SamplingParams(), finish_reason="stop", text=BABBLE,
+                   extra={"logprobs": lps, "logprob_chars": [len(p) for p in pieces]})
+    batch = watch_completion(c)
+    assert set(batch) == set(live) == {"gibberish"}
+    assert batch["gibberish"].evidence == live["gibberish"].evidence
+    assert "surprise" in batch["gibberish"].evidence["measures"]
+    # characters that do not add up to the text: the text alone is judged
+    bad = Completion("r", "p", SamplingParams(), finish_reason="stop", text=BABBLE,
+                     extra={"logprobs": lps, "logprob_chars": [1] * len(pieces)})
+    assert "surprise" not in watch_completion(bad)["gibberish"].evidence["measures"]

@@ -65,13 +65,24 @@ WEIGHTS: Weights = {
     # a rule, not fitted: a fifth of the window's words glued (no good text of the
     # corpus has over an eighth; seed 001's symptom, sparse in clean text, has more)
     "glued": {"bias": -2.0, "glued": 10.0},
-    "babble": {"bias": 0.08, "unknown": 12.44, "glued": 2.43, "mixed": 21.5, "junk": 52.41,
-               "caps": 7.77, "odd": 10.39, "title": 10.71, "function": -5.76,
-               "separators": -14.25, "pairs": -6.49, "runon": 4.45},
+    "babble": {"bias": 0.59, "unknown": 12.14, "glued": 2.05, "mixed": 18.65, "junk": 48.43,
+               "caps": 7.14, "odd": 13.61, "title": 9.64, "function": -5.47,
+               "separators": -15.07, "pairs": -5.62, "runon": 3.06},
 }
-# The same with the tokens' mean surprise (nats), for text whose log-probabilities are known.
-WEIGHTS_LP: Weights = {**WEIGHTS, "babble": {**WEIGHTS["babble"], "bias": -4.0,
-                                             "surprise": 1.0}}
+# The same with the tokens' mean surprise (nats), for text whose log-probabilities are
+# known; fitted the same way on the labelled texts the bundled model wrote, rescored by it
+# (benchmarks/rescore.py, then calibrate.py --logprobs).
+WEIGHTS_LP: Weights = {
+    # the same rule
+    "glued": WEIGHTS["glued"],
+    "unknown": {"bias": -3.37, "unknown": 14.37},
+    "junk": {"bias": -3.08, "caps": 6.66},
+    "babble": {"bias": -2.28, "unknown": 1.48, "glued": 10.21, "mixed": 44.87, "junk": 187.52,
+               "caps": 12.55, "odd": 8.05, "title": 3.35, "function": -10.66,
+               "separators": -25.36, "pairs": -5.88, "rare": 9.84, "runon": 3.83,
+               "surprise": 0.97},
+    "surprise": {"bias": -6.35, "surprise": 1.02},
+}
 
 _SEPARATORS = frozenset(",;:|•–—/")
 _LIST_MARKS = frozenset("-*+")  # separators when they open a line (list items)
@@ -90,8 +101,8 @@ _NEUTRAL_PAIRS = 0.5  # the pairs measure outside English (no bigram list)
 # One word in the window: (info, start char, chars with the gap before it, junk chars in
 # that gap, separators in it, after a sentence boundary, English pair: 0 none / 1 seen
 # on the web / 2 not, parts counted as not known (in any language), parts counted as
-# glued, size: the words it stands for in the window's count).
-_Word = tuple[lx.WordInfo, int, int, int, int, bool, int, int, int, int]
+# glued, size: the words it stands for in the window's count, suspicious).
+_Word = tuple[lx.WordInfo, int, int, int, int, bool, int, int, int, int, bool]
 
 
 def check_weights(table: Mapping[str, Mapping[str, float]], surprise: bool, name: str
@@ -109,6 +120,17 @@ def check_weights(table: Mapping[str, Mapping[str, float]], surprise: bool, name
     if not out:
         raise InvalidParams(f"{name} needs at least one channel")
     return out
+
+
+def _suspicious(info: lx.WordInfo, junk: int, boundary: bool, judged: int) -> bool:
+    """A word that can make a babble measure other than separators, runon, function
+    words and pairs non-zero (unknown, glued, mixed, junk, caps, odd, title, rare)."""
+    m = info.mask
+    # a judged word English does not know may make another language the window's, and
+    # the words English knows "unknown" there: any such word rules the shortcut out
+    return bool(info.kind in ("unknown", "glued", "mixed") or (judged and not m & 1) or junk
+                or info.caps or info.odd or (info.title and not boundary)
+                or (m & 0x81 == 1 and len(info.lower) >= 3))
 
 
 class BabbleTrack:
@@ -137,6 +159,7 @@ class BabbleTrack:
         self.weights_lp = check_weights(WEIGHTS_LP if weights_lp is None else weights_lp, True,
                                         "weights_lp")
         self.surprise: SurpriseTrack | None = None  # set by the watch
+        self._bigrams = lx.lexicon().bigrams
         self._words: deque[_Word] = deque()
         self._seen: dict[str, None] = {}  # made-up / glued words counted already
         self._gap_junk = self._gap_seps = self._gap_chars = 0
@@ -144,6 +167,10 @@ class BabbleTrack:
         self._prev: lx.WordInfo | None = None
         self.n = 0  # words seen (a glued or junk token counts as the words it stands for)
         self._size = 0  # words in the window, counted so
+        # kept as words come and go, to score a clean window without measuring it:
+        self._susp = 0  # suspicious words (see _suspicious)
+        self._seps = self._bounds = 0  # separators and sentence boundaries
+        self._paired = self._attested = self._func_en = 0  # pairs; English function words
         self._since = 0  # words since the last scoring
         self._bad = 0  # bad windows in a row
         self.scored = 0  # windows scored
@@ -190,19 +217,25 @@ class BabbleTrack:
         elif kind == "" and len(low) >= 2:
             unknown = 1  # counts against the languages it is not a word of
         prev = self._prev
+        boundary = self._gap_boundary
         pair = 0
-        if prev is not None and prev.mask & info.mask & 1 and not self._gap_boundary:
-            pair = 1 if f"{prev.lower} {low}" in lx.lexicon().bigrams else 2
+        if prev is not None and prev.mask & info.mask & 1 and not boundary:
+            pair = 1 if f"{prev.lower} {low}" in self._bigrams else 2
         self._prev = info
         size = 1 if kind in ("foreign", "mixed") else info.parts
+        junk = self._gap_junk
+        w = (info, start, len(raw) + self._gap_chars, junk, self._gap_seps, boundary, pair,
+             unknown, glued, size, _suspicious(info, junk, boundary, unknown))
         words = self._words
-        words.append((info, start, len(raw) + self._gap_chars, self._gap_junk, self._gap_seps,
-                      self._gap_boundary, pair, unknown, glued, size))
+        words.append(w)
         self._gap_junk = self._gap_seps = self._gap_chars = 0
         self._gap_boundary = self._line_start = False
         self._size += size
+        self._count(w, 1)
         while self._size - words[0][9] >= self.window:  # a long token may fill it alone
-            self._size -= words.popleft()[9]
+            old = words.popleft()
+            self._size -= old[9]
+            self._count(old, -1)
         self.n += size
         self._since += size
         if self.finding is None and self.n >= self.window and self._since >= self.step:
@@ -225,7 +258,7 @@ class BabbleTrack:
         masks: dict[int, int] = {}  # language mask -> words
         unknown: dict[int, int] = {}  # language mask -> parts counted as unknown
         funcs: dict[int, int] = {}  # function-word mask -> words
-        for info, _start, ch, jk, sp, boundary, pair, unk, gl, size in self._words:
+        for info, _start, ch, jk, sp, boundary, pair, unk, gl, size, _sus in self._words:
             kind = info.kind
             if kind != "foreign":
                 parts += 1 if kind == "mixed" else size
@@ -277,14 +310,50 @@ class BabbleTrack:
         }
         return f, lx.LANGS[lang_i]
 
+    def _count(self, w: _Word, sign: int) -> None:
+        self._susp += sign * w[10]
+        self._seps += sign * w[4]
+        self._bounds += sign * w[5]
+        if w[6]:
+            self._paired += sign
+            self._attested += sign * (w[6] == 1)
+        if w[7] and w[0].func & 1:
+            self._func_en += sign
+
+    def _clean(self, table: Weights, surprise: float | None) -> bool:
+        """True when the window scores below 0 in every channel, known without measuring
+        it. With no suspicious word (:func:`_suspicious`) English knows every judged word,
+        so the window is English and its only measures not at zero are separators,
+        runon, function words and pairs, all kept exactly as words come and go (and
+        surprise): the score is the one :meth:`measures` would give."""
+        if self._susp:
+            return False
+        n = max(1, self._size)
+        f = {"separators": min(1.0, self._seps / n),
+             "runon": min(1.0, len(self._words) / (1 + self._bounds) / self.window),
+             "function": self._func_en / n,
+             "pairs": self._attested / self._paired if self._paired >= 4 else _NEUTRAL_PAIRS,
+             "surprise": surprise or 0.0}
+        for wt in table.values():
+            v = wt["bias"]
+            for k, x in wt.items():
+                if k in f:
+                    v += x * f[k]
+            if v >= 0:
+                return False
+        return True
+
     def _score(self, final: bool) -> None:
         self._since = 0
-        f, lang = self.measures()
         surprise = self.surprise.mean() if self.surprise is not None else None
-        table = self.weights
+        table = self.weights if surprise is None else self.weights_lp
+        if self.trace is None and self._clean(table, surprise):
+            self.scored += 1
+            self._bad = 0
+            return
+        f, lang = self.measures()
         if surprise is not None:
             f["surprise"] = surprise
-            table = self.weights_lp
         self.scored += 1
         if self.trace is not None:  # calibration: every window's measures
             self.trace.append((f, final and self.scored == 1))

@@ -5,15 +5,9 @@ Text is cut into units (words, runs of one punctuation mark); every number is th
 same unit ``<num>``, so a counter that changes while nothing new is said still
 repeats.
 
-The core is :class:`PeriodTracker`, a streaming check fed one unit at a time whose
-cost per unit does not grow with the length of the text:
-
-- for every *active* period p it keeps the length of the current run of positions
-  where ``s[i] == s[i - p]``, dropping p at the first mismatch;
-- a new candidate period is proposed only by the distance from the new unit to its
-  previous occurrence (at most ``max_period`` back), so normal text keeps a handful
-  of short-lived candidates and a loop of period p keeps one;
-- a run is *confirmed* when it covers ``max(min_span, 2p + extra)`` units.
+Runs of exact repeats are found by :class:`~degen.detect.period.PeriodTracker`, in
+a bounded amount of work per unit; a run is *confirmed* when it covers ``max(min_span,
+repeats * p + extra)`` units (three whole units and 2 more, 20 at least, by default).
 
 :class:`LoopTrack` is the one place a confirmed run is judged; the
 :class:`~degen.detect.watch.Watch` feeds it every unit of the text as it arrives, and
@@ -21,236 +15,54 @@ cost per unit does not grow with the length of the text:
 legitimate, and watched to its end without a finding, when:
 
 - **requested**: the prompt holds the repeated words ("write 'I will not talk in
-  class' ten times"); it may repeat as often as the prompt asks ("ten times": 10,
-  plus ``margin``; with no count, ``requested_repeats``), and is a loop past that;
-- **data**: a near-repeat whose numbers carry information: some number slot takes
-  values whose steps vary (CSV rows, a table with measured values). A counter with
-  nothing new ("44. Fire 45. Fire") is waited on until every number slot has
-  ``settle_values`` values, then called a loop;
-- **counting**: a unit of only numbers and punctuation whose numbers change
-  ("1, 2, 3, ..."); "1. 1. 1. 1." is still a loop;
+  class' ten times"); it may repeat as often as the prompt asks ("ten times": 10, with
+  no count ``requested_repeats``; plus ``margin``), and is a loop past that;
+- **data**: numbers that carry information: a number slot whose steps vary (CSV rows,
+  measurements), or two slots moving by different steps (a times table);
+- **counting**: a counter (every moving number steps the same way: "Row 1, Row 2",
+  "1, 2, 3") may take as many values as the prompt's largest number or
+  ``settle_values``, plus ``margin``; past that it is a loop ("Chapter 3 ... Chapter
+  56", "44. Fire 45. Fire ..."). A numbered list recycling its items (k numbers, each
+  stepping by k) is a loop at once; "1. 1. 1." (no number moves) too;
 - **markup**: a unit with no word and no number (the rule of a wide Markdown table,
-  ``|---|---|...``) may run for ``markup_units`` units.
+  ``|---|---|...``) may run for ``markup_units`` units;
+- **code**: a run confirmed inside code needs ``code_repeats`` whole units.
 
 Once a legitimate run ends, a fresh tracker starts at the unit that breaks it. When
-the text ends during a run still being waited on, it is judged as a run that reaches
-the end (a requested phrase within its count is still legitimate there).
+the text ends, a run still being waited on is judged as one that reaches the end (a
+requested phrase within its count is still legitimate there), and one the tracker has
+not confirmed yet counts from ``end_repeats`` repeats (the cap may have cut it
+mid-repeat). :class:`SentenceCycle` finds what no period does: a text cycling through
+a few sentences in any order.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from degen.detect.asked import asked_for, prompt_text, requested_count, words_of
 from degen.detect.base import Detector, Finding
+from degen.detect.cycle import SentenceCycle
+from degen.detect.period import (
+    NUM,
+    UNIT,
+    Loop,
+    PeriodTracker,
+    measure,
+    norm,
+    says_something,
+    text_units,
+)
 from degen.errors import InvalidParams
 from degen.records import Completion
 
 # words, runs of one punctuation character ("---", "!!!"), other single symbols
-UNIT = re.compile(r"\w+|([^\w\s])\1*", re.UNICODE)
-NUM = "<num>"
 _WAIT = "wait"  # a verdict that needs more of the run
 _MAX_VETOED = 64  # legitimate runs kept in ``vetoed`` (all are counted in ``vetoes``)
-
-
-@dataclass(frozen=True, slots=True)
-class Loop:
-    """A confirmed loop: ``period`` units repeating from unit ``onset``; ``span`` units
-    of the sequence (from ``onset``) were periodic when it was confirmed or measured."""
-
-    onset: int
-    period: int
-    span: int
-
-    @property
-    def repeats(self) -> float:
-        return self.span / self.period
-
-
-class PeriodTracker:
-    """Streaming exact-repeat detector over hashable units. See the module doc."""
-
-    def __init__(self, max_period: int = 256, min_span: int = 20, extra: int = 2,
-                 repeats: int = 3) -> None:
-        if max_period < 1:
-            raise InvalidParams(f"max_period must be >= 1, got {max_period}")
-        if min_span < 2:
-            raise InvalidParams(f"min_span must be >= 2 (a unit and its repeat), got {min_span}")
-        if extra < 0:
-            raise InvalidParams(f"extra must be >= 0, got {extra}")
-        if repeats < 2:
-            raise InvalidParams(f"repeats must be >= 2 (a unit and its repeat), got {repeats}")
-        self.max_period, self.min_span, self.extra = max_period, min_span, extra
-        self.repeats = repeats
-        # enough history to look back one period and to extend an onset backwards
-        self._buf: deque[Hashable] = deque(maxlen=4 * max_period + min_span)
-        self._last: dict[Hashable, int] = {}
-        self._active: dict[int, int] = {}  # period -> run length ending at the last unit
-        self.n = 0  # units seen
-
-    def need(self, period: int) -> int:
-        """Periodic units needed to confirm a loop of ``period``."""
-        return max(self.min_span, self.repeats * period + self.extra)
-
-    def tail(self, repeats: float) -> Loop | None:
-        """The shortest run still going on at the last unit that covers ``repeats``
-        periods (and ``min_span`` units), or None: what a text that ends here ends in."""
-        best = None
-        for p, run in self._active.items():
-            if run + p >= max(self.min_span, repeats * p) and (best is None or p < best):
-                best = p
-        return None if best is None else self._extend_back(best, self._active[best] + best)
-
-    def push(self, unit: Hashable) -> Loop | None:
-        """Add one unit; return a run of repeats the moment it is long enough."""
-        n = self.n
-        buf = self._buf
-        active = self._active
-        found = None
-        if active:
-            size = len(buf)
-            for p in list(active):
-                if buf[size - p] == unit:
-                    run = active[p] = active[p] + 1
-                    if found is None and run + p >= self.need(p):
-                        found = p
-                else:
-                    del active[p]
-        last = self._last
-        j = last.get(unit)
-        if j is not None:
-            p = n - j
-            if p <= self.max_period and p not in active:
-                active[p] = 1
-        last[unit] = n
-        if len(last) > 8 * self.max_period + 1024:  # forget units out of reach
-            lo = n - self.max_period
-            self._last = {u: k for u, k in last.items() if k >= lo}
-        buf.append(unit)
-        self.n = n + 1
-        if found is None:
-            return None
-        # the shortest period among those long enough
-        p = min(q for q, r in active.items() if r + q >= self.need(q))
-        return self._extend_back(p, active[p] + p)
-
-    def _extend_back(self, p: int, span: int) -> Loop:
-        """Move the onset back while the unit before it also repeats (the run may have
-        started before its period became a candidate)."""
-        buf, n = self._buf, self.n
-        lo = n - len(buf)
-        onset = n - span
-        while onset - 1 >= lo and buf[onset - 1 - lo] == buf[onset - 1 + p - lo]:
-            onset -= 1
-        return Loop(onset=onset, period=p, span=n - onset)
-
-    def feed(self, units: Iterable[Hashable]) -> Loop | None:
-        """Push every unit; return the first run confirmed on the way (or None)."""
-        for u in units:
-            found = self.push(u)
-            if found is not None:
-                return found
-        return None
-
-
-def norm(unit: str) -> str:
-    """A text unit as the tracker sees it: lower-cased, every number ``<num>``."""
-    return NUM if unit.isdigit() else unit.lower()
-
-
-def says_something(unit: Sequence[Hashable]) -> bool:
-    """A loop's unit holds a word, not just numbers and punctuation (counting)."""
-    return any(isinstance(u, str) and u != NUM and u[:1].isalnum() for u in unit)
-
-
-def text_units(text: str) -> tuple[list[str], list[int]]:
-    """Loop units of ``text`` (see :func:`norm`) and their char offsets."""
-    units, offsets = [], []
-    for m in UNIT.finditer(text):
-        units.append(norm(m.group(0)))
-        offsets.append(m.start())
-    return units, offsets
-
-
-def measure(seq: Sequence[Hashable], onset: int, period: int) -> int:
-    """How many units from ``onset`` stay periodic with ``period`` (the full extent)."""
-    i = onset + period
-    while i < len(seq) and seq[i] == seq[i - period]:
-        i += 1
-    return i - onset
-
-
-def words_of(units: Iterable[Hashable]) -> list[Hashable]:
-    """The word units (not numbers, not punctuation)."""
-    return [u for u in units if isinstance(u, str) and u != NUM and u[:1].isalnum()]
-
-
-def asked_for(unit_words: list[Hashable], prompt_words: list[Hashable]) -> bool:
-    """The unit's words (in some rotation) appear, in order, in the prompt's words."""
-    n = len(unit_words)
-    if n == 0 or len(prompt_words) < n:
-        return False
-    grams = {tuple(prompt_words[i:i + n]) for i in range(len(prompt_words) - n + 1)}
-    return any(tuple(unit_words[k:] + unit_words[:k]) in grams for k in range(n))
-
-
-def prompt_text(messages: Iterable[Mapping[str, Any]] | None = None,
-                prompt: str | Iterable[Any] | None = None) -> str:
-    """The text a request asked with: a raw prompt (or the strings of a list of
-    prompts), else every chat message but the assistant's (string contents and the
-    text parts of list contents)."""
-    if isinstance(prompt, str):
-        return prompt
-    if prompt is not None:
-        return " ".join(p for p in prompt if isinstance(p, str))
-    parts: list[str] = []
-    for m in messages or ():
-        if not isinstance(m, Mapping) or m.get("role") == "assistant":
-            continue
-        content = m.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(str(p.get("text", "")) for p in content
-                         if isinstance(p, Mapping) and p.get("type") == "text")
-    return " ".join(parts)
-
-
-_SMALL = {w: i for i, w in enumerate((
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen", "twenty"))}
-_TENS = {w: 10 * i for i, w in enumerate((
-    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")) if w}
-_NUMBER_WORDS = {**_SMALL, **_TENS, "hundred": 100, "dozen": 12}
-_COUNT = re.compile(
-    r"\b(?:(" + "|".join(_TENS) + r")[\s-]+)?(\d{1,4}|" + "|".join(_NUMBER_WORDS)
-    + r")\s*(?:times|x)\b|\b(twice|thrice)\b", re.IGNORECASE)
-
-
-def requested_count(prompt: str) -> int | None:
-    """How many times the prompt asks for something ("ten times", "12x", "twice"), the
-    largest such count, or None.
-
-    >>> requested_count("Say hello three times, then twenty-five times more.")
-    25
-    >>> requested_count("Say hello.") is None
-    True
-    """
-    best: int | None = None
-    for m in _COUNT.finditer(prompt):
-        tens, word, once = m.groups()
-        if once:
-            n = 2 if once.lower() == "twice" else 3
-        else:
-            n = int(word) if word.isdigit() else _NUMBER_WORDS[word.lower()]
-            if tens and n < 10:
-                n += _TENS[tens.lower()]
-        best = n if best is None else max(best, n)
-    return best
 
 
 @dataclass(slots=True)
@@ -578,79 +390,6 @@ class LoopTrack:
         return self.finding
 
 
-class SentenceCycle:
-    """A loop that is not periodic: the text keeps cycling through a few sentences
-    ("Thank you for your patience. Thank you for your understanding. Thank you for your
-    patience and understanding. ..."). Sentences end at ``.``, ``!``, ``?`` and line
-    breaks and are compared lower-cased, numbers as written (but for a number among the
-    first two words: a list or step marker). Confirmed when, of the last
-    ``window`` sentences of at least ``min_words`` words, at least ``repeated`` are
-    copies of one among the ``memory`` before them and at most ``distinct`` differ.
-
-    Args: window, repeated, distinct, memory, min_words (see above).
-    """
-
-    def __init__(self, window: int = 12, repeated: int = 11, distinct: int = 4,
-                 memory: int = 32, min_words: int = 3) -> None:
-        if not 2 <= repeated <= window or distinct < 1 or memory < window or min_words < 1:
-            raise InvalidParams("cycle needs 2 <= repeated <= window, distinct >= 1, "
-                                "memory >= window and min_words >= 1")
-        self.window, self.repeated, self.distinct = window, repeated, distinct
-        self.memory, self.min_words = memory, min_words
-        self._words: list[str] = []
-        self._start: int | None = None
-        self._end_at = 0  # char offset just past the sentence's last unit
-        self._past: deque[tuple[tuple[str, ...], int, int]] = deque(maxlen=memory)
-        self._counts: Counter[tuple[str, ...]] = Counter()  # sentences in _past
-        self._flags: deque[bool] = deque(maxlen=window)
-
-    def push(self, raw: str, offset: int, newline: bool) -> dict[str, Any] | None:
-        """One unit; a cycle (its first sentence's offset, the sentences' spans...) the
-        moment one is confirmed."""
-        found = self._end() if newline and self._words else None
-        c = raw[0]
-        if c in ".!?…":
-            return self._end() if self._words else found
-        if c.isalnum():
-            if self._start is None:
-                self._start = offset
-            # a number that opens a sentence is a list or step marker ("Step 12:")
-            words = self._words
-            words.append(NUM if len(words) < 2 and raw.isdigit() else raw.lower())
-            self._end_at = offset + len(raw)
-        return found
-
-    def _end(self) -> dict[str, Any] | None:
-        words, start = tuple(self._words), self._start
-        self._words, self._start = [], None
-        if len(words) < self.min_words or start is None:
-            return None
-        past, counts = self._past, self._counts
-        seen = counts[words] > 0
-        if len(past) == past.maxlen:
-            old = past[0][0]
-            counts[old] -= 1
-            if not counts[old]:
-                del counts[old]
-        past.append((words, start, self._end_at))
-        counts[words] += 1
-        self._flags.append(seen)
-        if len(self._flags) < self.window or sum(self._flags) < self.repeated:
-            return None
-        recent = list(past)[-self.window:]
-        kinds = {w for w, _, _ in recent}
-        if len(kinds) > self.distinct:
-            return None
-        spans: list[tuple[int, int]] = []
-        firsts: set[tuple[str, ...]] = set()
-        for w, a, b in recent:
-            if w not in firsts:
-                firsts.add(w)
-                spans.append((a, b))
-        return {"start_char": recent[0][1], "spans": spans, "distinct": len(kinds),
-                "window": self.window, "repeated": sum(self._flags)}
-
-
 def check_loop_options(requested_repeats: int, margin: int, settle_values: int,
                        markup_units: int, end_repeats: float = 2.5) -> None:
     for name, v, lo in (("requested_repeats", requested_repeats, 1), ("margin", margin, 0),
@@ -667,7 +406,7 @@ class LoopDetector(Detector):
     Args:
         max_period: longest repeating unit looked for, in units (words/punctuation).
         min_span: fewest units a loop must cover (so "hello hello hello" is not one).
-        extra: units of the third repetition needed beyond two whole ones.
+        extra: units needed beyond ``repeats`` whole ones; ``repeats``: whole units.
     """
 
     kind = "loop"

@@ -48,8 +48,8 @@ class SurpriseTrack:
             if len(q) > self.window:
                 self._sum -= q.popleft()
             self.tokens += 1
-        if len(q) >= self.min_tokens:
-            self.peak = max(self.peak, self._sum / len(q))
+            if len(q) >= self.min_tokens and self._sum > self.peak * len(q):
+                self.peak = self._sum / len(q)
 
     def mean(self) -> float | None:
         """Mean negative log-probability of the last ``window`` tokens (nats), or None

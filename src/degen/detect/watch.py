@@ -54,6 +54,7 @@ _LONGEST_UNIT = 256  # a unit this long is read even if the text so far ends in 
 _INLINE_UNITS = 24  # inline code longer than this was a stray backtick
 _PROSE_LINE_WORDS = 12  # a line of this many words and no code mark is not code
 _CODE_CHARS = frozenset("{}()[];=<>#/*\"")
+_COMMENT = frozenset("#/*;-%")  # what opens a comment line in code
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,12 @@ class Watch:
         self._kinds = kinds
         self.findings: dict[str, Finding] = {}
         self.first: Finding | None = None
-        self._text = ""  # the stream's text from char ``_text_at`` on
+        self._chunks: list[str] = []  # the stream's text from char ``_text_at`` on, as fed
         self._text_at = 0
+        self._kept = 0  # characters in _chunks
         self._pending = ""  # text whose last unit may still grow
         self._pending_at = 0
+        self._before = " "  # the character before _pending
         self._fence = False  # inside a fenced code block
         self._line_words = self._line_code = 0  # words and code marks on a fenced line
         self._inline: list[tuple[str, int, bool, bool]] | None = None  # inline code, held
@@ -158,33 +161,44 @@ class Watch:
         return found
 
     def _read(self, delta: str) -> Finding | None:
-        self.chars += len(delta)
-        self._text += delta
+        size = len(delta)
+        self.chars += size
+        self._chunks.append(delta)
+        self._kept += size
         if self.done:
-            self._pending_at += len(delta)
-            self._trim()
+            self._pending_at += size
+            if self._kept > 2 * _TRIM:
+                self._trim()
             return None
-        before = len(self.findings)
+        findings = self.findings
+        before = len(findings)
         pending = self._pending + delta
+        end = len(pending)
         cut = 0
+        unit = self._unit
         for m in UNIT.finditer(pending):
             a, b = m.span()
-            if b == len(pending) and b - a < _LONGEST_UNIT:
+            if b == end and b - a < _LONGEST_UNIT:
                 break  # may continue: wait for the next delta
             while b - a >= _LONGEST_UNIT:  # a giant unit is read in fixed pieces
-                self._unit(pending, pending[a:a + _LONGEST_UNIT], a, cut)
+                unit(pending, pending[a:a + _LONGEST_UNIT], a, cut)
                 cut = a = a + _LONGEST_UNIT
-            if a < b and b < len(pending):
-                self._unit(pending, pending[a:b], a, cut)
+            if a < b < end:
+                unit(pending, pending[a:b], a, cut)
                 cut = b
             if self.done:
-                cut = len(pending)
+                cut = end
                 break
         # the gap after the last unit stays: a newline in it separates the next one
-        self._pending_at += cut
-        self._pending = pending[cut:]
-        self._trim()
-        return self._new(before)
+        if cut:
+            self._before = pending[cut - 1]
+            self._pending_at += cut
+            self._pending = pending[cut:]
+        else:
+            self._pending = pending
+        if self._kept > 2 * _TRIM:
+            self._trim()
+        return None if len(findings) == before else self._new(before)
 
     def finish(self) -> dict[str, Finding]:
         """The stream ended: read the held-back unit and judge what is still open.
@@ -249,14 +263,19 @@ class Watch:
         if self._fence:
             if word:
                 self._line_words += 1
-                if self._line_words >= 2 * _PROSE_LINE_WORDS and self._line_code == 0:
+                lw = self._line_words
+                if self._line_code >= 0 and (
+                        (lw >= 2 * _PROSE_LINE_WORDS and self._line_code == 0)
+                        or (lw >= 4 * _PROSE_LINE_WORDS and self._line_code * 16 <= lw)):
                     self._fence = False  # a long line of plain words: not code any more
-            elif c in _CODE_CHARS:
+            elif self._line_words == 0 and self._line_code == 0 and c in _COMMENT:
+                self._line_code = -1  # a comment line: code, however many words
+            elif c in _CODE_CHARS and self._line_code >= 0:
                 self._line_code += 1
             return
         if self.babble is None or self.babble.finding is not None:
             return
-        tag = word and (pending[start - 1] if start else self._char_before(offset)) in "#@"
+        tag = word and (pending[start - 1] if start else self._before) in "#@"
         if self._inline is not None:
             self._inline.append((raw, offset, word, tag))
             if len(self._inline) > _INLINE_UNITS:
@@ -284,12 +303,12 @@ class Watch:
     def _end_line(self) -> None:
         """A line break: inline code left open was not code; a fenced "code" line of
         plain words with no code punctuation means the fence was never closed (the
-        generation went on in prose)."""
+        generation went on in prose; so does a line of 48 words with barely any)."""
         if self._inline is not None:
             self._flush_inline()
         if self._fence:
             if self._line_words >= _PROSE_LINE_WORDS and self._line_code == 0:
-                self._fence = False
+                self._fence = False  # (a comment line has _line_code -1)
             self._line_words = self._line_code = 0
         if self.babble is not None and self.babble.finding is None and not self._fence:
             self.babble.gap("", newline=True)
@@ -309,9 +328,12 @@ class Watch:
             return None
         return list(self.findings.values())[before]
 
-    def _char_before(self, offset: int) -> str:
-        i = offset - 1 - self._text_at
-        return self._text[i] if i >= 0 else " "
+    @property
+    def _text(self) -> str:
+        """The text kept (from char ``_text_at``), joined on demand (evidence only)."""
+        if len(self._chunks) > 1:
+            self._chunks = ["".join(self._chunks)]
+        return self._chunks[0] if self._chunks else ""
 
     def _slice(self, a: int, b: int) -> str:
         """Characters ``a`` to ``b`` of the stream (what is still kept of them)."""
@@ -321,14 +343,14 @@ class Watch:
     def _trim(self) -> None:
         """Keep the text from the oldest unit a track still points into."""
         keep = self._pending_at
-        if self.loop is not None and not self.done:
+        if self.loop is not None and self.loop.finding is None:
             oldest = self.loop.oldest_offset
             if oldest is not None:
                 keep = min(keep, oldest)
         drop = keep - self._text_at
-        if drop > _TRIM and drop > len(self._text) // 2:
-            self._text = self._text[drop:]
-            self._text_at = keep
+        if drop > _TRIM and drop > self._kept // 2:
+            text = self._text[drop:]
+            self._chunks, self._kept, self._text_at = [text], len(text), keep
 
 
 def watch_text(text: str, prompt: str = "", config: WatchConfig = DEFAULT,
