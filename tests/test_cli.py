@@ -206,7 +206,7 @@ def test_a_gguf_that_is_not_a_model(tmp_path: Path) -> None:
 
 def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     out = tmp_path / "o"
-    p = subprocess.Popen([DEGEN, "run", "--requests", "40", "--max-tokens", "64", "--out",
+    p = subprocess.Popen([DEGEN, "run", "--requests", "400", "--max-tokens", "64", "--out",
                           str(out), "-q"], cwd=tmp_path, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

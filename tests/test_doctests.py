@@ -8,8 +8,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["degen.detect.loop", "degen.detect.watch",
-                                    "degen.engines.base", "degen.arch", "degen.memory"])
+@pytest.mark.parametrize("module", ["degen.detect.asked", "degen.detect.watch",
+                                    "degen.detect.lexicon", "degen.engines.base", "degen.arch",
+                                    "degen.memory"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

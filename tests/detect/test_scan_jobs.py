@@ -210,7 +210,7 @@ def test_no_worker_outlives_an_error(tmp_path: Path) -> None:
 @needs_proc
 def test_ctrl_c_stops_parent_and_workers(tmp_path: Path) -> None:
     marker, env = marked_env()
-    f = write(tmp_path / "in.jsonl", rows(20_000))
+    f = write(tmp_path / "in.jsonl", rows(200_000))  # long enough to still run when stopped
     p = subprocess.Popen([DEGEN, "scan", str(f), "--jobs", "2"], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)

@@ -39,6 +39,9 @@ finding (a text shorter than the window is scored once, at its end). The finding
 ``spacing`` when glued words weigh most in the winning sum, else ``gibberish``; its
 evidence gives the window's measures, what weighed, and the words that did.
 
+A window where fewer than a quarter of the words differ ("lesson lesson lesson") is
+repetition, the loop track's to judge: it is never bad here.
+
 Windows and steps count words as the text means them: a glued token
 ("wasreleasedinSeptember") counts as the words it glues, an unknown one as one word
 per 7 letters, so a run of a few giant tokens fills a window as it should.
@@ -96,6 +99,7 @@ _REASONS = {"unknown": "made-up words", "glued": "words run together",
             "runon": "word salad", "surprise": "tokens the model found improbable"}
 _FIRST_SEEN = 4096  # made-up and glued words remembered (counted once each)
 _NEUTRAL_PAIRS = 0.5  # the pairs measure outside English (no bigram list)
+_DISTINCT = 4  # a window with fewer than a quarter of its words distinct is repetition
 
 
 # One word in the window: (info, start char, chars with the gap before it, junk chars in
@@ -371,7 +375,7 @@ class BabbleTrack:
         contrib = {k: x * f[k] for k, x in wt.items() if k != "bias"}
         top = max(contrib, key=contrib.__getitem__) if contrib else "glued"
         kind = "spacing" if top == "glued" else "gibberish"
-        if score < 0 or kind not in self.kinds:
+        if score < 0 or kind not in self.kinds or self._repetitive():
             self._bad = 0
             return
         self._bad += 1
@@ -380,6 +384,13 @@ class BabbleTrack:
             self._onset = self._onset_char()
         if self._bad >= self.confirm or (final and self.scored == 1):
             self.finding = self._make(f, contrib, score, lang, kind, channel, top)
+
+    def _repetitive(self) -> bool:
+        """A window of a few words over and over ("lesson lesson lesson") lacks what
+        language has for the loop track's reason, not the babble track's: it is never
+        bad here."""
+        words = self._words
+        return len(words) >= 8 and len({w[0].lower for w in words}) * _DISTINCT < len(words)
 
     def _onset_char(self) -> int:
         """Where the window's trouble starts: its first made-up, glued, mixed-script or

@@ -178,7 +178,7 @@ class LocalEngine(Engine):
         d = super().describe()
         d.update(source=str(self.source.path), batch_size=self.batch_size,
                  device=self._device_opt, dtype=self._dtype_opt, continuous=self.continuous,
-                 guard=sorted(self.cut_kinds) if self.guard else False,
+                 guard=self.guard, cut_kinds=sorted(self.cut_kinds),
                  logprobs=self.record_logprobs)
         return d
 
