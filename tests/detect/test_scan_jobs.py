@@ -224,7 +224,7 @@ def test_ctrl_c_stops_parent_and_workers(tmp_path: Path) -> None:
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130 and out == ""
+    assert p.returncode == 130 and out == "", err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err  # not workers'
     assert gone(marker), marked(marker)
 
@@ -257,3 +257,15 @@ def test_a_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert r.returncode == 0 and "30 completions" in r.stdout
     assert b"30/30" in shown and b"degenerate" in shown  # the bar, on stderr only
     assert "degenerate" not in r.stdout
+
+
+def test_a_ctrl_c_while_the_pool_starts_waits_until_it_has_started() -> None:
+    from degen.detect.scan import _ctrl_c_deferred
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler has run by now; it only noted the signal
+        reached.append("end of block")
+    assert reached == ["end of block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

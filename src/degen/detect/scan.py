@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +136,8 @@ def ordered_map(fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], jobs: 
     pending: deque[Any] = deque()
     try:
         for task in tasks:
-            pending.append(pool.submit(fn, *task))
+            with _ctrl_c_deferred():
+                pending.append(pool.submit(fn, *task))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
@@ -145,6 +147,31 @@ def ordered_map(fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]], jobs: 
                          "to see why") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done.
+
+    ``ProcessPoolExecutor.submit`` starts worker processes and the thread that manages
+    them; a KeyboardInterrupt landing half-way leaves a thread that ``shutdown`` cannot
+    join (``RuntimeError: cannot join thread before it is started``) and workers no one
+    stops. Only the main thread can swap signal handlers; elsewhere the block runs as is.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])  # the default handler raises KeyboardInterrupt here
 
 
 def _context() -> Any:
