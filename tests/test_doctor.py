@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from degen.doctor import Check, Diagnosis, check_rope, check_sampling_defaults, diagnose
 from degen.engines import hf
@@ -59,6 +60,10 @@ def by_name(d: Diagnosis) -> dict[str, Check]:
 def test_the_bundled_model_has_no_failing_check(bundled: Diagnosis) -> None:
     c = by_name(bundled)
     assert not bundled.failed, bundled.render()
+    assert c["checkpoint"].status == "pass" and c["checkpoint"].data["missing"] == []
+    assert c["checkpoint"].data["tensor_names_read"]
+    assert c["distribution"].status == "pass"
+    assert min(c["distribution"].data["first_token_probability"]) > 0.1
     assert c["chat template"].status == "pass"
     assert c["chat template"].data["header"] == "<|im_start|>assistant\n"
     assert c["end of turn"].status == "pass" and c["end of turn"].data["end_of_turn"] == 2
@@ -169,6 +174,48 @@ def test_a_configured_penalty_on_the_end_of_turn_token_fails(folder: Path,
     assert [x.name for x in d.checks if x.status == "fail"] == ["penalty on EOT"]
 
 
+def test_a_checkpoint_loaders_misread_fails(folder: Path, tmp_path: Path) -> None:
+    """The layout degen's own GGUF cache had before: the tied embedding stored only as
+    lm_head.weight and no architectures. transformers loads it; vLLM serves noise."""
+    from safetensors.torch import save_file
+
+    from degen.checkpoint import check_checkpoint
+    from degen.doctor import load_pipeline
+
+    p = load_pipeline(str(folder))
+    good = check_checkpoint(p.folder, p.config, p.model)
+    assert good.status == "pass", good.saw
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    names = [n for n, _ in p.model.named_parameters() if n != "model.embed_tokens.weight"]
+    save_file({n: torch.zeros(1) for n in [*names, "lm_head.weight"]},
+              str(bad / "model.safetensors"))  # only the names are read
+    c = check_checkpoint(bad, {**p.config, "architectures": None}, p.model)
+    assert c.status == "fail" and c.data["missing"] == ["model.embed_tokens.weight"]
+    assert "names no architectures" in c.saw and "only lm_head.weight is stored" in c.saw
+    assert "rename lm_head.weight to model.embed_tokens.weight" in c.fix
+    assert '"architectures": ["LlamaForCausalLM"]' in c.fix
+
+
+def test_weights_that_make_noise_fail_the_distribution_check(folder: Path) -> None:
+    """Weights that load but are not the model (here: freshly initialized) spread the
+    next token over the whole vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from degen.checkpoint import check_distribution, first_token_logprobs
+    from degen.doctor import PROMPTS
+
+    torch.manual_seed(0)
+    noise = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder)))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                       add_generation_prompt=True) for q in PROMPTS]
+    c = check_distribution(first_token_logprobs(noise.eval(), tok, prompts), "test")
+    assert c.status == "fail" and "distribution is flat" in c.saw
+    assert max(c.data["first_token_probability"]) < 0.001
+    assert check_distribution([None, float("nan")], "a server").status == "skip"
+
+
 # ---------------------------------------------------------------------- CLI
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DEGEN, "doctor", *args], capture_output=True, text=True,
@@ -179,7 +226,7 @@ def test_cli_on_the_bundled_model_exits_0_with_json(cli_env: dict[str, str]) -> 
     r = run("--json", "-q", env=cli_env)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["ok"] and d["counts"]["fail"] == 0 and len(d["checks"]) == 7
+    assert d["ok"] and d["counts"]["fail"] == 0 and len(d["checks"]) == 9
     assert {c["status"] for c in d["checks"]} <= {"pass", "warn"}
 
 
@@ -214,7 +261,9 @@ def test_server_that_stops_passes(llamacpp_server) -> None:
     assert not d.failed, d.render()
     assert c["chat template"].status == "pass" and c["end of turn"].status == "pass"
     assert c["end of turn"].data["finish_reasons"] == ["stop"] * 3
-    assert c["padding"].status == "skip"
+    assert c["distribution"].status == "pass"  # from the logprobs the server returned
+    assert min(c["distribution"].data["first_token_probability"]) > 0.1
+    assert c["padding"].status == "skip" and c["checkpoint"].status == "skip"
 
 
 def test_server_that_never_stops_fails() -> None:

@@ -144,12 +144,16 @@ def diagnose(model: str | Path | None = None, *, repetition_penalty: float = 1.3
              ) -> Diagnosis:
     """Every check on a model folder or GGUF file (``None``: the bundled model)."""
     from degen.arch import Arch
+    from degen.checkpoint import check_checkpoint, check_distribution, first_token_logprobs
 
     say = progress or (lambda _m: None)
     say("loading the model")
     p = load_pipeline(model)
     checks: list[Check] = []
     steps: list[tuple[str, Callable[[], Check]]] = [
+        ("checkpoint", lambda: check_checkpoint(p.folder, p.config, p.model)),
+        ("distribution", lambda: check_distribution(
+            first_token_logprobs(p.model, p.tok, p.prompts()), "greedy, in this process")),
         ("chat template", lambda: check_template(p)),
         ("end of turn", lambda: check_end_of_turn(p)),
         ("padding", lambda: check_padding(p, new_tokens)),
@@ -431,13 +435,16 @@ def check_eot_penalty(p: _Pipeline, what_if: float = 1.3) -> Check:
 # ---------------------------------------------------------------------- server
 def diagnose_server(base_url: str, *, model: str | None = None, api_key: str | None = None,
                     timeout: float = 60.0, max_tokens: int = 256) -> Diagnosis:
-    """The checks an OpenAI-compatible API can show: the chat template works, and short
-    answers end with finish_reason ``stop``. The rest need the model's files."""
+    """The checks an OpenAI-compatible API can show: the chat template works, short
+    answers end with finish_reason ``stop``, and the model's first answer token is not
+    drawn from a flat distribution (from the ``logprobs`` it returns). The rest need
+    the model's files."""
+    from degen.checkpoint import check_distribution
     from degen.engines.openai import OpenAIEngine
     from degen.records import Request, SamplingParams
 
     eng = OpenAIEngine(base_url, model=model, api_key=api_key, timeout=timeout,
-                       max_retries=1, api="chat")
+                       max_retries=1, api="chat", logprobs=True)
     checks: list[Check] = []
     try:
         params = SamplingParams(temperature=0, max_tokens=max_tokens, seed=0)
@@ -476,7 +483,10 @@ def diagnose_server(base_url: str, *, model: str | None = None, api_key: str | N
                                 "make the end-of-turn token a stop token (generation_config "
                                 "eos_token_id; llama.cpp reads the GGUF's EOS; vLLM "
                                 "#4180), or pass it in stop", data))
-    for name in ("padding", "padding attention", "rope scaling", "sampling defaults",
+    if ok:
+        firsts = [(c.extra.get("logprobs") or [None])[0] for c in ok]
+        checks.append(check_distribution(firsts, "greedy, from the server's logprobs"))
+    for name in ("checkpoint", "padding", "padding attention", "rope scaling", "sampling defaults",
                  "penalty on EOT"):
         checks.append(Check(name, "skip", "needs the model's files: run degen doctor on "
                             "the model folder or GGUF"))

