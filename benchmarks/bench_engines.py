@@ -5,13 +5,18 @@ Three ways to run the same 64 greedy requests (the built-in suite):
 1. ``local`` batched: continuous batching, batch size 32, all 64 submitted at once;
 2. ``local`` one at a time: batch size 1, one request after another;
 3. ``openai`` engine against a real llama.cpp server (llama-cpp-python) serving the
-   same GGUF on 127.0.0.1, concurrency 4 — what a user would run instead.
+   same GGUF on 127.0.0.1, concurrency 4 — what a user would run instead;
+4. ``openai`` engine against a real vLLM server (CPU build, ``.venv-vllm``) serving
+   degen's cached checkpoint of the same model in float32, concurrency 16 (vLLM
+   batches what is in flight).
 
 Greedy decoding makes 1 and 2 produce the same tokens (tests prove it), so their
-tokens/s compare like for like. llama.cpp runs the quantized weights and may
-produce different (similar-length) answers; its tokens/s is its own count.
+tokens/s compare like for like, and vLLM's float32 greedy answers are the local
+engine's (tests/vllm prove it on four prompts). llama.cpp runs the quantized weights
+and may produce different (similar-length) answers; its tokens/s is its own count.
 
-    .venv/bin/python -m benchmarks.bench_engines [--requests 64] [--skip-single] [--json F]
+    .venv/bin/python -m benchmarks.bench_engines [--requests 64] [--skip-single]
+        [--skip-llamacpp] [--skip-vllm] [--json F]
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--skip-single", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     plan = Plan(prompts=tuple(load_prompts()), requests=a.requests,
@@ -78,6 +84,21 @@ def main() -> None:
             oa.close()
         finally:
             srv.stop()
+    if not a.skip_vllm:
+        import tempfile
+
+        from degen.engines import hf
+        from degen.testing.vllm import VLLMServer, vllm_python
+
+        root = Path(__file__).resolve().parents[1]
+        t0 = time.perf_counter()
+        with VLLMServer(hf.materialize(hf.resolve_model(None)), python=vllm_python(root),
+                        log=Path(tempfile.mkdtemp()) / "vllm.log") as vs:
+            print(f"vLLM answered after {time.perf_counter() - t0:.0f} s", flush=True)
+            oa = OpenAIEngine(vs.base_url, timeout=600)
+            oa.generate(plan.requests_for(0)[:2], concurrency=1)  # warm-up
+            rows.append(timed("openai -> vLLM server", oa, plan, 16))
+            oa.close()
     by = {r["name"]: r["tok_s"] for r in rows}
     ratios = {}
     if "local one at a time" in by:
@@ -85,6 +106,8 @@ def main() -> None:
     if "openai -> llama.cpp server" in by:
         ratios["local batched / llama.cpp"] = (by["local batched (32)"]
                                                / by["openai -> llama.cpp server"])
+    if "openai -> vLLM server" in by:
+        ratios["local batched / vLLM"] = by["local batched (32)"] / by["openai -> vLLM server"]
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     if a.json:

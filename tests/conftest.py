@@ -38,6 +38,20 @@ def llamacpp_server(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory):
+    """One vLLM server (CPU build, its own venv) serving the bundled model's cached
+    checkpoint folder for the whole session: ~50 s to start, ~5 GiB."""
+    from degen.engines import hf
+    from degen.testing.vllm import VLLMServer, vllm_python
+
+    folder = hf.materialize(hf.resolve_model(None))
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    srv = VLLMServer(folder, python=vllm_python(ROOT), name="SmolLM2-135M-Instruct", log=log)
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for CLI subprocesses: the shared model cache, a clean cwd."""

@@ -31,6 +31,10 @@ from degen.records import Completion, Request, SamplingParams, Timings
         ("temperature", float("nan"), "temperature must be in"),
         ("temperature", "hot", "temperature must be a number"),
         ("penalize_eot", "yes", "penalize_eot must be true or false"),
+        ("repetition_min_count", 1, "repetition_min_count must be 0 (off) or at least 2"),
+        ("repetition_min_count", -2, "repetition_min_count must be >= 0"),
+        ("repetition_min_pattern", 0, "repetition_min_pattern must be >= 1"),
+        ("repetition_max_pattern", 0, "repetition_max_pattern must be >= 1"),
     ],
 )
 def test_invalid_params_say_the_valid_range(field: str, value: object, needle: str) -> None:

@@ -18,9 +18,13 @@ Semantics worth pinning down (engines follow these; see docs/parameters.md):
 - ``presence_penalty`` and ``frequency_penalty`` are *additive*, as in OpenAI,
   over generated tokens only.
 - ``top_k`` 0, ``top_p`` 1, ``min_p`` 0, ``no_repeat_ngram_size`` 0 turn each off.
+- ``repetition_min_count`` (0 = off) asks the server to stop a generation whose last
+  tokens are one pattern of ``repetition_min_pattern``..``repetition_max_pattern``
+  tokens repeated that many times: vLLM's ``repetition_detection`` (it ends such a
+  generation with finish_reason ``"repetition"``). Only the vLLM dialect sends it.
 - ``finish_reason`` is ``"stop"`` (an end token or a stop string), ``"length"``
   (``max_tokens`` or the context ran out: a runaway), ``"repetition"`` (cut early
-  because the watch confirmed a loop: vLLM's name for the same thing),
+  because a loop was confirmed: by degen's watch, or by vLLM's repetition_detection),
   ``"degenerate"`` (cut early because the watch confirmed babble or glued words) or
   ``"error"`` (the request failed; never counted as a runaway). A *failure* is a
   runaway or a cut.
@@ -99,6 +103,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     no_repeat_ngram_size: int = 0
+    repetition_min_count: int = 0
+    repetition_max_pattern: int = 64
+    repetition_min_pattern: int = 1
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -127,6 +134,17 @@ class SamplingParams:
             "frequency_penalty", self.frequency_penalty, -2, 2, hint=" (additive, as OpenAI)"))
         s(self, "no_repeat_ngram_size", _check_int(
             "no_repeat_ngram_size", self.no_repeat_ngram_size, 0, hint=" (0 = off)"))
+        s(self, "repetition_min_count", _check_int(
+            "repetition_min_count", self.repetition_min_count, 0,
+            hint=" (0 = off; vLLM's repetition_detection needs at least 2)"))
+        if self.repetition_min_count == 1:
+            raise InvalidParams("repetition_min_count must be 0 (off) or at least 2: a "
+                                "pattern seen once is not a repetition")
+        s(self, "repetition_min_pattern", _check_int(
+            "repetition_min_pattern", self.repetition_min_pattern, 1))
+        s(self, "repetition_max_pattern", _check_int(
+            "repetition_max_pattern", self.repetition_max_pattern,
+            self.repetition_min_pattern, hint=" (at least repetition_min_pattern)"))
         s(self, "max_tokens", _check_int("max_tokens", self.max_tokens, 1))
         if self.seed is not None:
             s(self, "seed", _check_int("seed", self.seed, 0, 2**63 - 1))

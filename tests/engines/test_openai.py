@@ -42,7 +42,11 @@ def test_vllm_gets_every_knob_explicitly() -> None:
     assert body["repetition_penalty"] == 1.1 and body["min_p"] == 0.1
     assert body["top_k"] == -1  # off, sent so the model's generation_config cannot apply
     assert body["seed"] == 5 and body["messages"] == [{"role": "user", "content": "hi"}]
-    assert "repeat_penalty" not in body
+    assert "repeat_penalty" not in body and "repetition_detection" not in body  # off
+    _, body = build_body(req(repetition_min_count=3, repetition_max_pattern=32), "m", "vllm",
+                         "auto", stream=False)
+    assert body["repetition_detection"] == {"max_pattern_size": 32, "min_pattern_size": 1,
+                                            "min_count": 3}
 
 
 def test_llamacpp_names_and_neutral_values_override_server_defaults() -> None:
@@ -95,6 +99,9 @@ def test_raw_prompts_go_to_completions() -> None:
     ("llamacpp", {"repetition_penalty": 1.2, "repetition_penalty_scope": "output"},
      {"repetition_penalty_scope"}),
     ("llamacpp", {"repetition_penalty_scope": "output"}, set()),  # penalty off: moot
+    ("llamacpp", {"repetition_min_count": 3}, {"repetition_min_count"}),
+    ("openai", {"repetition_min_count": 3}, {"repetition_min_count"}),
+    ("vllm", {"repetition_min_count": 3}, set()),
 ])
 def test_unsupported_fields_are_named(dialect, params, dropped) -> None:
     assert set(unsupported_fields(SamplingParams(**params), dialect)) == dropped

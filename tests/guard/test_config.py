@@ -49,6 +49,11 @@ def test_keys_are_not_in_the_repr() -> None:
     ({"overrides": {"messages": []}}, "the guard sets messages itself"),
     ({"cut_kinds": {"loop", "babble"}}, "--cut: unknown kind 'babble'"),
     ({"cut_reason": "stop"}, "--cut-reason must be kind or length"),
+    ({"overrides": {"repetition_detection": 3}}, "must be a JSON object with max_pattern"),
+    ({"defaults": {"repetition_detection": {"min_count": 1}}},
+     "--default repetition_detection: repetition_min_count must be 0"),
+    ({"overrides": {"repetition_detection": {"min_count": 3, "max_size": 8}}},
+     "must be a JSON object"),
 ])
 def test_bad_config(kw, needle) -> None:
     kw.setdefault("upstream", "http://127.0.0.1:8000")
@@ -130,6 +135,17 @@ def test_tuned_fields_per_dialect() -> None:
     fields, _, warnings = tuned_fields(values, "openai")
     assert "min_p" not in fields and "repetition_penalty" not in fields
     assert any(w.startswith("min_p=0.1 is not applied") for w in warnings)
+
+
+def test_a_tuned_repetition_detection_is_sent_only_to_vllm() -> None:
+    values = {"temperature": 0.6, "repetition_min_count": 4}
+    fields, _, warnings = tuned_fields(values, "vllm")
+    assert fields["repetition_detection"] == {"max_pattern_size": 64, "min_pattern_size": 1,
+                                              "min_count": 4} and warnings == []
+    fields, _, warnings = tuned_fields(values, "llamacpp")
+    assert "repetition_detection" not in fields
+    assert warnings == ["repetition_min_count=4 is not applied: only vLLM stops a repeating "
+                        "generation itself (repetition_detection)"]
 
 
 def test_a_penalty_scope_the_server_cannot_express_is_skipped_with_one_warning() -> None:

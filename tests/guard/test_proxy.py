@@ -361,3 +361,31 @@ def test_models_health_metrics(make_guard) -> None:
     assert 'degen_guard_upstream_errors_total{status="404"} 1' in text
     assert "degen_guard_request_duration_seconds_count" in text
     assert "degen_guard_cut_after_tokens_count 1" in text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("cut_reason", ["kind", "length"])
+def test_an_upstream_that_stops_a_loop_itself_is_counted_as_its_cut(
+        make_guard, stream: bool, cut_reason: str) -> None:
+    """vLLM's repetition_detection ends a generation with finish_reason "repetition":
+    relayed (as "length" to strict clients), counted as an upstream cut, never as the
+    guard's own."""
+    with ScriptedServer(["repetition"]) as up:
+        g = make_guard(up, cut_reason=cut_reason,
+                       overrides={"repetition_detection": {"max_pattern_size": 64,
+                                                           "min_pattern_size": 1,
+                                                           "min_count": 3}})
+        if stream:
+            with httpx.stream("POST", g.url + "/chat/completions", json=chat(stream=True),
+                              timeout=10) as r:
+                evs = [e for e in events(r) if isinstance(e, dict) and e.get("choices")]
+            finish = evs[-1]["choices"][0]["finish_reason"]
+        else:
+            out = httpx.post(g.url + "/chat/completions", json=chat(), timeout=10).json()
+            finish = out["choices"][0]["finish_reason"]
+            assert out["choices"][0]["message"]["content"] == "again again again"
+        assert up.bodies[0]["repetition_detection"]["min_count"] == 3  # the override sent
+    assert finish == ("repetition" if cut_reason == "kind" else "length")
+    m = g.guard.metrics
+    assert m.upstream_cuts.value(finish_reason="repetition") == 1
+    assert m.cuts.value(kind="loop") == 0

@@ -36,6 +36,8 @@ def test_flags_and_toml_override_the_preset(tmp_path) -> None:
     ("penalty_scope=sideways", "penalty_scope must be one of"),
     ("temperature", "--param must look like"),
     ("top_k=a,b", "not a number"),
+    ("repetition_min_count=0:6", "a range must start at 2"),
+    ("repetition_min_count=1", "or at least 2: a pattern seen once"),
 ])
 def test_bad_knobs_say_what_is_allowed(spec: str, needle: str) -> None:
     with pytest.raises(InvalidParams, match=needle.replace("[", r"\[").replace("]", r"\]")):
@@ -56,6 +58,14 @@ def test_scope_choices_map_onto_the_penalty_fields() -> None:
     p = sampling_params({"penalty_scope": "output"}, 10)
     assert (p.repetition_penalty_scope, p.penalize_eot) == ("output", True)
     assert sampling_params({}, 10) == SamplingParams(max_tokens=10)
+
+
+def test_vllms_repetition_stop_is_a_knob() -> None:
+    d = parse_dim("repetition_min_count=0,3,5")
+    assert d.choices == (0, 3, 5) and parse_dim("repetition_min_count=2:8").high == 8
+    p = sampling_params({"repetition_min_count": 3, "repetition_max_pattern": 32}, 10)
+    assert (p.repetition_min_count, p.repetition_max_pattern, p.repetition_min_pattern) == (
+        3, 32, 1)
 
 
 def test_system_variant_goes_before_chat_prompts_only() -> None:

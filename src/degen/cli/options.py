@@ -76,6 +76,16 @@ Frequency = Annotated[float, typer.Option(help="Additive (OpenAI), generated tok
                                           rich_help_panel=SAMPLING)]
 NoRepeat = Annotated[int, typer.Option(help="Ban repeating n-grams of this size; 0 = off.",
                                        rich_help_panel=SAMPLING)]
+RepMinCount = Annotated[int, typer.Option(
+    help="vLLM's repetition_detection: the server ends a generation whose last tokens "
+    "are one pattern repeated this many times (finish_reason repetition); 0 = off.",
+    rich_help_panel=SAMPLING)]
+RepMaxPattern = Annotated[int, typer.Option(
+    help="repetition_detection: longest pattern checked, in tokens.",
+    rich_help_panel=SAMPLING)]
+RepMinPattern = Annotated[int, typer.Option(
+    help="repetition_detection: shortest pattern checked, in tokens.",
+    rich_help_panel=SAMPLING)]
 MaxTokens = Annotated[int, typer.Option(help="Generation cap; hitting it is a runaway.",
                                         rich_help_panel=SAMPLING)]
 Stop = Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).",

@@ -44,6 +44,9 @@ def run(
     presence_penalty: o.Presence = 0.0,
     frequency_penalty: o.Frequency = 0.0,
     no_repeat_ngram_size: o.NoRepeat = 0,
+    repetition_min_count: o.RepMinCount = 0,
+    repetition_max_pattern: o.RepMaxPattern = 64,
+    repetition_min_pattern: o.RepMinPattern = 1,
     max_tokens: o.MaxTokens = 512,
     stop: o.Stop = None,
     prompts: o.Prompts = None,
@@ -80,7 +83,10 @@ def run(
         repetition_penalty=repetition_penalty, repetition_penalty_scope=penalty_scope,
         penalize_eot=penalize_eot, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        max_tokens=max_tokens, stop=tuple(stop or ()),
+        repetition_min_count=repetition_min_count,
+        repetition_max_pattern=repetition_max_pattern,
+        repetition_min_pattern=repetition_min_pattern, max_tokens=max_tokens,
+        stop=tuple(stop or ()),
     )
     o.check_positive("--concurrency", concurrency)
     plan = Plan(prompts=tuple(load_prompts(prompts)), params=params, requests=requests,

@@ -43,7 +43,7 @@ from degen.detect.watch import CUT_REASON
 from degen.engines import hf
 from degen.engines.base import Engine
 from degen.errors import InvalidParams, ModelNotFound
-from degen.records import CUT_REASONS, Completion, Request, Timings
+from degen.records import CUT_REASONS, Completion, Request, SamplingParams, Timings
 
 
 class Detokenizer:
@@ -181,6 +181,12 @@ class LocalEngine(Engine):
                  guard=self.guard, cut_kinds=sorted(self.cut_kinds),
                  logprobs=self.record_logprobs)
         return d
+
+    def unsupported(self, params: SamplingParams) -> dict[str, str]:
+        if params.repetition_min_count:
+            return {"repetition_min_count": "vLLM's server-side repetition_detection; "
+                    "the local engine stops loops with guard=True instead"}
+        return {}
 
     def close(self) -> None:
         with self._lock:

@@ -13,6 +13,8 @@ top_k (0 = off)           ``top_k`` (-1 = off) ``top_k`` (0 = off) dropped
 min_p                     ``min_p``            ``min_p``           dropped
 repetition_penalty        ``repetition_penal`` ``repeat_penalty``  dropped
 no_repeat_ngram_size      dropped              dropped             dropped
+repetition_min_count,     ``repetition_        dropped             dropped
+repetition_max/min_pat.   detection`` (0=off)
 logprobs (asked)          ``logprobs: true``, ``top_logprobs: 1`` (chat); ``logprobs: 1``
                           (completions), every dialect
 ========================  ===================  ==================  ==============
@@ -101,12 +103,24 @@ def unsupported_fields(params: SamplingParams, dialect: str) -> dict[str, str]:
         for name, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0)):
             if getattr(params, name) != off:
                 out[name] = "not a standard OpenAI parameter (use --dialect vllm or llamacpp)"
+    if params.repetition_min_count and dialect != "vllm":
+        out["repetition_min_count"] = ("only vLLM stops a repeating generation itself "
+                                       "(repetition_detection)")
     if params.repetition_penalty != 1.0 and dialect in ("vllm", "llamacpp"):
         if params.repetition_penalty_scope != "prompt+output":
             out["repetition_penalty_scope"] = f"{dialect} always penalizes prompt tokens too"
         if not params.penalize_eot:
             out["penalize_eot"] = f"{dialect} cannot exempt end-of-turn tokens"
     return out
+
+
+def repetition_detection(params: SamplingParams) -> dict[str, int]:
+    """vLLM's ``repetition_detection`` request field for ``params`` (when
+    ``repetition_min_count`` is on): stop once the output ends in one pattern of
+    ``min_pattern_size``..``max_pattern_size`` tokens repeated ``min_count`` times."""
+    return {"max_pattern_size": params.repetition_max_pattern,
+            "min_pattern_size": params.repetition_min_pattern,
+            "min_count": params.repetition_min_count}
 
 
 def logprob_fields(chat: bool) -> dict[str, Any]:
@@ -165,6 +179,8 @@ def build_body(request: Request, model: str, dialect: str, api: str,
     if dialect == "vllm":
         body.update(top_k=p.top_k if p.top_k > 0 else -1, min_p=p.min_p,
                     repetition_penalty=p.repetition_penalty)
+        if p.repetition_min_count:
+            body["repetition_detection"] = repetition_detection(p)
     elif dialect == "llamacpp":
         body.update(top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repetition_penalty)
     if logprobs:

@@ -48,6 +48,7 @@ from degen.engines.openai import SSEData, logprob_fields
 from degen.guard.config import GuardConfig
 from degen.guard.exchange import CHAT, COMPLETIONS, Exchange
 from degen.guard.metrics import CONTENT_TYPE, GuardMetrics
+from degen.records import CUT_REASONS as STOPPED_EARLY
 
 log = logging.getLogger("degen.guard")
 
@@ -475,7 +476,9 @@ class _Relay(Response):
         choices = obj.get("choices") if isinstance(obj, dict) else None
         for c in choices if isinstance(choices, list) else ():
             if isinstance(c, dict):
-                self.ex.choice(c.get("index", 0)).finish = c.get("finish_reason") or "stop"
+                st = self.ex.choice(c.get("index", 0))
+                st.finish = c.get("finish_reason") or "stop"
+                c["finish_reason"] = self.ex.client_reason(st)
                 if self.ex.strip_logprobs and c.get("logprobs") is not None:
                     c["logprobs"] = None
         await self._json(send, resp.status_code, obj)
@@ -623,6 +626,8 @@ class _Relay(Response):
                     m.vetoes.inc(n, reason=why)
                 for kind in st.watch.findings:
                     m.detected.inc(kind=kind)
+            if st.cut is None and st.finish in STOPPED_EARLY:
+                m.upstream_cuts.inc(finish_reason=st.finish)
             if st.cut is not None:
                 m.cuts.inc(kind=st.cut["kind"])
                 m.cut_after.observe(st.tokens)

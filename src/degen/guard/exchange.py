@@ -26,6 +26,7 @@ from degen.detect.base import Finding
 from degen.detect.loop import prompt_text
 from degen.detect.watch import CUT_REASON, KINDS, Watch
 from degen.engines.openai import token_logprobs
+from degen.records import CUT_REASONS as STOPPED_EARLY
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -172,6 +173,9 @@ class Exchange:
                 self._collect(st, ch, delta, text, reasoning)
             if ch.get("finish_reason"):
                 st.finish = ch["finish_reason"]
+                if self.client_reason(st) != st.finish:
+                    ch["finish_reason"] = self.client_reason(st)
+                    changed = True
                 if st.watch is not None and not st.watch.done:
                     st.watch.finish()  # what ran to the end (counted, not cut)
             keep.append(ch)
@@ -188,6 +192,17 @@ class Exchange:
         """The finish_reason the client gets for a cut choice."""
         assert st.finding is not None
         return "length" if self.cut_reason == "length" else CUT_REASON[st.finding.kind]
+
+    def client_reason(self, st: ChoiceState) -> str | None:
+        """The finish_reason the client gets: a cut's (:meth:`reason`), or the
+        upstream's, except that an upstream that stopped a generation early itself
+        (vLLM's repetition_detection: ``"repetition"``) is reported as ``"length"``
+        too under ``cut_reason="length"``, for clients that know no other values."""
+        if st.cut is not None:
+            return self.reason(st)
+        if self.cut_reason == "length" and st.finish in STOPPED_EARLY:
+            return "length"
+        return st.finish
 
     def _collect(self, st: ChoiceState, ch: dict[str, Any], delta: dict[str, Any] | None,
                  text: Any, reasoning: Any) -> None:
@@ -291,7 +306,7 @@ class Exchange:
         choices = []
         first_cut = None
         for idx, st in sorted(self.choices.items()):
-            reason = self.reason(st) if st.cut is not None else st.finish
+            reason = self.client_reason(st)
             if self.chat:
                 msg: dict[str, Any] = {"role": st.role or "assistant",
                                        "content": "".join(st.text)

@@ -151,12 +151,17 @@ class GuardMetrics:
         self.requests = Counter(p + "requests_total", "Requests received, by endpoint and "
                                 "whether the client asked for a stream.", ("endpoint", "stream"))
         self.responses = Counter(p + "responses_total", "Generations answered, by endpoint and "
-                                 "finish reason (repetition: a loop cut by the guard, "
+                                 "finish reason (repetition: a loop cut by the guard or the "
+                                 "upstream, "
                                  "degenerate: gibberish or glued words cut; a cut counts "
                                  "under its kind's reason even with --cut-reason length).",
                                  ("endpoint", "finish_reason"))
         self.cuts = Counter(p + "cuts_total", "Generations cut, by the kind of degeneration.",
                             ("kind",))
+        self.upstream_cuts = Counter(p + "upstream_cuts_total", "Generations the upstream "
+                                     "stopped early itself, by its finish reason (vLLM's "
+                                     "repetition_detection: repetition); never a success.",
+                                     ("finish_reason",))
         self.detected = Counter(p + "detected_total", "Degenerations detected, by kind (loop, "
                                 "gibberish, spacing), cut or not (--no-cut, or found at the "
                                 "end of an answer).", ("kind",))

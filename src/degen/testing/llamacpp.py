@@ -1,6 +1,9 @@
-"""Start and stop a real llama.cpp server (``llama-cpp-python[server]``) on 127.0.0.1.
+"""Start and stop real OpenAI-compatible servers on 127.0.0.1 for tests and benchmarks.
 
-Needs ``pip install 'llama-cpp-python[server]'`` (``scripts/setup.sh --test`` does it)."""
+:class:`ServerProcess` runs a server command on a free loopback port, waits until its
+``/v1/models`` answers and stops it; :class:`LlamaCppServer` is llama.cpp
+(``llama-cpp-python[server]``, which ``scripts/setup.sh --test`` installs) and
+:class:`degen.testing.vllm.VLLMServer` is vLLM."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -20,44 +24,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LlamaCppServer:
-    """``python -m llama_cpp.server`` serving ``model`` on 127.0.0.1:<free port>."""
+class ServerProcess:
+    """``argv`` (with ``{port}`` filled in) serving on 127.0.0.1:<free port>, its output
+    in ``log``; ready once ``/v1/models`` answers 200 within ``start_timeout`` seconds."""
 
-    def __init__(self, model: Path, n_ctx: int = 2048, log: Path | None = None) -> None:
+    what = "server"
+
+    def __init__(self, argv: Sequence[str], log: Path | None = None,
+                 env: dict[str, str] | None = None, start_timeout: float = 120.0) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = log
         self._log = open(log or os.devnull, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
-             "--n_threads", "2",
-             # by default llama-cpp-python cuts a running stream when another request
-             # arrives; a load test needs them queued instead
-             "--interrupt_requests", "False"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        self._wait()
+        self.proc = subprocess.Popen([a.format(port=self.port) for a in argv],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self._wait(start_timeout)
 
-    def _wait(self, timeout: float = 120.0) -> None:
+    def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited with {self.proc.returncode}")
+                self._log.close()
+                raise RuntimeError(f"{self.what} exited with {self.proc.returncode}"
+                                   f"{self._tail()}")
             try:
                 if httpx.get(self.base_url + "/models", timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.5)
         self.stop()
-        raise RuntimeError("llama.cpp server did not answer within 120 s")
+        raise RuntimeError(f"{self.what} did not answer within {timeout:.0f} s{self._tail()}")
+
+    def _tail(self) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return ":\n" + "\n".join(lines[-15:]) if lines else ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LlamaCppServer(ServerProcess):
+    """``python -m llama_cpp.server`` serving ``model`` (a GGUF file)."""
+
+    what = "llama.cpp server"
+
+    def __init__(self, model: Path, n_ctx: int = 2048, log: Path | None = None) -> None:
+        super().__init__(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+             "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", str(n_ctx),
+             "--n_threads", "2",
+             # by default llama-cpp-python cuts a running stream when another request
+             # arrives; a load test needs them queued instead
+             "--interrupt_requests", "False"], log=log)

@@ -184,6 +184,17 @@ class ScriptedServer:
             def do_length(self, stream: bool) -> None:
                 self._json(200, _chat("again again again", "length"))
 
+            def do_repetition(self, stream: bool) -> None:
+                """A server that stopped a loop itself (vLLM's repetition_detection)."""
+                if not stream:
+                    self._json(200, _chat("again again again", "repetition"))
+                    return
+                self._sse([{"choices": [{"index": 0, "delta": {"content": w},
+                                         "finish_reason": None}]}
+                           for w in ("again", " again", " again")]
+                          + [{"choices": [{"index": 0, "delta": {},
+                                           "finish_reason": "repetition"}]}])
+
             def do_e500(self, stream: bool) -> None:
                 self._json(500, {"error": {"message": "internal boom"}})
 

@@ -37,7 +37,8 @@ SYSTEM_PROMPTS: dict[str, str | None] = {
 }
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
            "frequency_penalty")
-_INTS = ("top_k", "no_repeat_ngram_size")
+_INTS = ("top_k", "no_repeat_ngram_size", "repetition_min_count", "repetition_max_pattern",
+         "repetition_min_pattern")
 KNOBS = (*_FLOATS, *_INTS, "penalty_scope", "system")
 
 
@@ -68,6 +69,10 @@ class Dim:
             raise InvalidParams(f"{self.name}: need low < high, got {self.low}..{self.high}")
         _value(self.name, self.low)
         _value(self.name, self.high)
+        if self.name == "repetition_min_count" and self.low < 2:
+            raise InvalidParams("repetition_min_count: a range must start at 2 or more "
+                                "(1 is not a repetition); for off, give choices such as "
+                                "0,3,5")
         if self.log and self.low <= 0:
             raise InvalidParams(f"{self.name}: a log scale needs low > 0")
 
