@@ -114,7 +114,11 @@ def arm(url: str, prompts: list[Any], sampling: dict[str, Any], max_tokens: int,
         return list(pool.map(one, enumerate(prompts)))
 
 
-def live(prompts: list[Any], max_tokens: int, concurrency: int, log: Path) -> dict[str, Any]:
+SAMPLINGS = {"greedy": {"temperature": 0}, "sampled": {"temperature": 1.0, "top_p": 1.0}}
+
+
+def live(prompts: list[Any], max_tokens: int, concurrency: int, log: Path,
+         samplings: Sequence[str] = tuple(SAMPLINGS)) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     folder = hf.materialize(hf.resolve_model(None))
@@ -125,8 +129,8 @@ def live(prompts: list[Any], max_tokens: int, concurrency: int, log: Path) -> di
         print(f"vLLM up in {time.monotonic() - t0:.0f} s", flush=True)
         guard = Guard(srv.base_url)
         try:
-            for name, sampling in (("greedy", {"temperature": 0}),
-                                   ("sampled", {"temperature": 1.0, "top_p": 1.0})):
+            for name in samplings:
+                sampling = SAMPLINGS[name]
                 arms = {}
                 for a, url, extra in (("plain", srv.base_url, {}),
                                       ("vllm", srv.base_url,
@@ -172,6 +176,11 @@ def compare(arms: dict[str, list[dict[str, Any]]], tok: Any, max_tokens: int
                "median_onset_to_stop": statistics.median(lat) if lat else None,
                "finish": {f: sum(r["finish"] == f for r in rows)
                           for f in sorted({r["finish"] for r in rows})}}
+        row["stopped"] = [{"prompt": rows[i]["prompt"], "plain": kind[i],
+                           "finish": rows[i]["finish"], "tokens": rows[i]["tokens"],
+                           "plain_tokens": plain[i]["tokens"],
+                           "text_end": rows[i]["text"][-160:]}
+                          for i in range(len(rows)) if stopped[i] and kind[i] != "loop"]
         res["arms"][a] = row
     res["max_tokens"] = max_tokens
     return res
@@ -224,6 +233,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--skip-live", action="store_true")
+    ap.add_argument("--sampling", choices=list(SAMPLINGS), action="append",
+                    help="live arms to run (default: greedy and sampled)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     result: dict[str, Any] = {"detection": DETECTION}
@@ -237,7 +248,8 @@ def main() -> None:
         print(f"live: {len(prompts)} prompts x {args.max_tokens} tokens, three arms",
               flush=True)
         log = Path(tempfile.mkdtemp()) / "vllm.log"
-        result["live"] = live(prompts, args.max_tokens, args.concurrency, log)
+        result["live"] = live(prompts, args.max_tokens, args.concurrency, log,
+                              args.sampling or tuple(SAMPLINGS))
         for name, res in result["live"].items():
             print(f"  {name}: {res['finished']} finished, {res['loops']} loops, "
                   f"{res['other_runaways']} other runaways", flush=True)

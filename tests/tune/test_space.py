@@ -8,7 +8,14 @@ import pytest
 from degen.errors import InvalidParams
 from degen.prompts import Prompt
 from degen.records import Completion, SamplingParams
-from degen.tune.space import PRESETS, SearchSpace, parse_dim, sampling_params, with_system
+from degen.tune.space import (
+    PRESETS,
+    SearchSpace,
+    inert_knobs,
+    parse_dim,
+    sampling_params,
+    with_system,
+)
 from degen.tune.study import Measure, TuneConfig, paired
 
 
@@ -58,6 +65,18 @@ def test_scope_choices_map_onto_the_penalty_fields() -> None:
     p = sampling_params({"penalty_scope": "output"}, 10)
     assert (p.repetition_penalty_scope, p.penalize_eot) == ("output", True)
     assert sampling_params({}, 10) == SamplingParams(max_tokens=10)
+
+
+def test_knobs_an_engine_cannot_apply_are_named() -> None:
+    from degen.engines.openai import unsupported_fields
+
+    space = SearchSpace.build("wide", None, ["repetition_min_count=0,3"])
+    on_vllm = inert_knobs(space, lambda p: unsupported_fields(p, "vllm"))
+    assert set(on_vllm) == {"penalty_scope=output", "penalty_scope=eot-exempt"}
+    assert "cannot exempt end-of-turn" in on_vllm["penalty_scope=eot-exempt"]
+    on_llamacpp = inert_knobs(space, lambda p: unsupported_fields(p, "llamacpp"))
+    assert "repetition_min_count=3" in on_llamacpp
+    assert "repetition_min_count=0" not in on_llamacpp  # off: nothing to apply
 
 
 def test_vllms_repetition_stop_is_a_knob() -> None:

@@ -229,7 +229,7 @@ def test_tune_against_vllm(vllm_server: VLLMServer, tmp_path: Path) -> None:
     """A small study whose space includes vLLM's own stop as a knob."""
     r = degen("tune", "--engine", "openai", "--base-url", vllm_server.base_url,
               "--param", "temperature=0.3:1.0", "--param", "repetition_min_count=0,3",
-              "--preset", "", "--trials", "3", "--requests", "4", "--max-tokens", "64",
+              "--preset", "none", "--trials", "3", "--requests", "4", "--max-tokens", "64",
               "--confirm", "4", "--concurrency", "4", "--out", str(tmp_path / "t"),
               "--json", "-q", "--no-report")
     assert r.returncode == 0, r.stderr

@@ -105,7 +105,7 @@ def tune(
     from degen.progress import Progress, RichProgress
     from degen.prompts import load_prompts
     from degen.report import headline, write_report
-    from degen.tune.space import SearchSpace
+    from degen.tune.space import SearchSpace, inert_knobs
     from degen.tune.study import TuneConfig
     from degen.tune.study import tune as run_tune
 
@@ -138,6 +138,9 @@ def tune(
         opts["guard"] = early_cut
     eng = create_engine(engine, **opts)
     err = typer.echo
+    for knob, why in inert_knobs(space_, eng.unsupported).items():
+        err(f"warning: {knob} is not applied by this engine ({why}); the study searches "
+            "it but it changes nothing there: fix the knob with --param", err=True)
     log = (lambda s: None) if quiet else (lambda s: err(s, err=True))
     try:
         load = getattr(eng, "load", None)

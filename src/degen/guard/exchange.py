@@ -173,8 +173,9 @@ class Exchange:
                 self._collect(st, ch, delta, text, reasoning)
             if ch.get("finish_reason"):
                 st.finish = ch["finish_reason"]
-                if self.client_reason(st) != st.finish:
-                    ch["finish_reason"] = self.client_reason(st)
+                told = self.client_reason(st)
+                if told != st.finish:
+                    ch["finish_reason"] = told
                     changed = True
                 if st.watch is not None and not st.watch.done:
                     st.watch.finish()  # what ran to the end (counted, not cut)

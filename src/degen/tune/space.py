@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,27 @@ def sampling_params(values: Mapping[str, Any], max_tokens: int) -> SamplingParam
     fields["repetition_penalty_scope"] = "output" if scope == "output" else "prompt+output"
     fields["penalize_eot"] = scope != "eot-exempt"
     return SamplingParams(max_tokens=max_tokens, **fields)
+
+
+_FIELD_KNOB = {"repetition_penalty_scope": "penalty_scope", "penalize_eot": "penalty_scope"}
+
+
+def inert_knobs(space: SearchSpace, unsupported: Callable[[SamplingParams], Mapping[str, str]]
+                ) -> dict[str, str]:
+    """Knob values of ``space`` that an engine would not apply (``"knob=value"`` -> why),
+    by asking its ``unsupported`` about each choice and each end of each range: the
+    study would search them while they change nothing (say, ``penalty_scope`` on vLLM).
+    """
+    out: dict[str, str] = {}
+    for d in space.dims:
+        for v in d.choices if d.choices is not None else (d.low, d.high):
+            values: dict[str, Any] = {d.name: v}
+            if d.name == "penalty_scope":
+                values["repetition_penalty"] = 1.2  # a scope only matters under a penalty
+            for field, why in unsupported(sampling_params(values, 1)).items():
+                if _FIELD_KNOB.get(field, field) == d.name:
+                    out.setdefault(f"{d.name}={v}", why)
+    return out
 
 
 def with_system(prompts: Iterable[Prompt], variant: str | None) -> tuple[Prompt, ...]:
