@@ -1,6 +1,7 @@
 """``degen doctor``: find the configuration mistakes that make a model run away.
 
-Most runaways users report come from the pipeline, not from sampling: a chat
+Most runaways users report come from the pipeline, not from sampling: a checkpoint
+whose weights load without an error but make noise (:mod:`degen.checkpoint`), a chat
 template that is missing or ends turns with a token nobody stops on (Llama-3's
 ``<|eot_id|>`` vs its tokenizer's ``<|end_of_text|>``, vLLM #4180), batched
 generation with right padding or a mask that lets padding be attended (seeds 001

@@ -11,11 +11,13 @@ HELP = """Diagnose the configuration mistakes that make a model run away.
 
 MODEL is a HF model folder or a GGUF file (default: the bundled model), checked in
 this process; or --base-url checks a running OpenAI-compatible server through its
-API. Each check prints pass / warn / fail, what it saw and the fix: chat template,
-end-of-turn token among the stop tokens, padding side and batched vs alone output,
-attention given to padding, rope scaling for the advertised context, sampling
-defaults in generation_config, and a repetition penalty that hits the end-of-turn
-token. Exits 0 when nothing fails, 1 when a check fails."""
+API. Each check prints pass / warn / fail, what it saw and the fix: the checkpoint's
+files (architectures named, every weight under its own name), a next-token
+distribution that is flat (weights that load but make noise; also through a server's
+logprobs), chat template, end-of-turn token among the stop tokens, padding side and
+batched vs alone output, attention given to padding, rope scaling for the advertised
+context, sampling defaults in generation_config, and a repetition penalty that hits
+the end-of-turn token. Exits 0 when nothing fails, 1 when a check fails."""
 
 
 def doctor(
