@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,16 @@ from degen.engines.hf import bundled_model_path
 from degen.engines.local import LocalEngine
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_not_ignored() -> None:
+    """A suite started in the background by a script inherits SIGINT ignored (POSIX:
+    a shell without job control starts asynchronous commands so), and so would every
+    degen process a test starts: the Ctrl-C tests would then test nothing and fail.
+    Ctrl-C is given back its default, for this process and (through exec) its children."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
