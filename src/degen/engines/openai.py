@@ -114,13 +114,17 @@ def unsupported_fields(params: SamplingParams, dialect: str) -> dict[str, str]:
     return out
 
 
+# vLLM's repetition_detection keys -> the SamplingParams fields that carry them
+DETECTION_FIELDS = {"max_pattern_size": "repetition_max_pattern",
+                    "min_pattern_size": "repetition_min_pattern",
+                    "min_count": "repetition_min_count"}
+
+
 def repetition_detection(params: SamplingParams) -> dict[str, int]:
     """vLLM's ``repetition_detection`` request field for ``params`` (when
     ``repetition_min_count`` is on): stop once the output ends in one pattern of
     ``min_pattern_size``..``max_pattern_size`` tokens repeated ``min_count`` times."""
-    return {"max_pattern_size": params.repetition_max_pattern,
-            "min_pattern_size": params.repetition_min_pattern,
-            "min_count": params.repetition_min_count}
+    return {key: getattr(params, name) for key, name in DETECTION_FIELDS.items()}
 
 
 def logprob_fields(chat: bool) -> dict[str, Any]:

@@ -79,23 +79,20 @@ def parse_size(text: str | int) -> int:
     return n
 
 
-_DETECTION = {"max_pattern_size": "repetition_max_pattern",
-              "min_pattern_size": "repetition_min_pattern", "min_count": "repetition_min_count"}
-
-
 def check_repetition_detection(value: Any, flag: str) -> None:
     """A ``repetition_detection`` default or override must be what vLLM accepts, e.g.
     ``{"max_pattern_size": 64, "min_pattern_size": 1, "min_count": 3}``; checked here so
     a typo is one line at start-up, not a 400 on every request."""
+    from degen.engines.openai import DETECTION_FIELDS
     from degen.records import SamplingParams
 
     example = ('repetition_detection={"max_pattern_size": 64, "min_pattern_size": 1, '
                '"min_count": 3}')
-    if not isinstance(value, dict) or not value or set(value) - set(_DETECTION):
+    if not isinstance(value, dict) or not value or set(value) - set(DETECTION_FIELDS):
         raise InvalidParams(f"{flag} repetition_detection must be a JSON object with "
-                            f"{', '.join(_DETECTION)}, e.g. {example}")
+                            f"{', '.join(DETECTION_FIELDS)}, e.g. {example}")
     try:
-        SamplingParams(**{_DETECTION[k]: v for k, v in value.items()})
+        SamplingParams(**{DETECTION_FIELDS[k]: v for k, v in value.items()})
     except InvalidParams as e:
         raise InvalidParams(f"{flag} repetition_detection: {e}") from None
 
