@@ -66,3 +66,35 @@ def test_one_run_at_a_time_per_records_folder(tmp_path: Path) -> None:
     spans.sort()
     assert len(spans) == 3
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # never overlapping
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize()
+def test_ctrl_c_queues_again_a_trial_started_before_its_worker_was_named(
+        tmp_path: Path) -> None:
+    """The window the Ctrl-C test once hit: Optuna has started a trial but the
+    objective has not yet run, so the trial carries no worker. Interrupting then must
+    still fail it and queue its parameters again, and start no trial after."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from degen.tune.space import SearchSpace
+    from degen.tune.study import Interrupted, TuneConfig, Tuner
+
+    class Engine:
+        def describe(self) -> dict:
+            return {"kind": "none"}
+
+    cfg = TuneConfig(space=SearchSpace.build(), out=tmp_path)
+    tuner = Tuner(Engine(), [], cfg)  # type: ignore[arg-type]
+    study = tuner.open_study()
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    assert "worker" not in trial.user_attrs
+    tuner.abandon(study)
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[trial.number] == TrialState.FAIL
+    assert TrialState.WAITING in states.values()  # the same parameters, to be run again
+    with pytest.raises(Interrupted):
+        study.ask()
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    del optuna

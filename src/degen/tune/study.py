@@ -240,6 +240,7 @@ class Tuner:
         self.log = log or (lambda s: None)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._halt = threading.Event()  # set on Ctrl-C: send nothing more
+        self._storage: Any = None
 
     # ---- storage
     def open_study(self) -> Any:
@@ -259,6 +260,7 @@ class Tuner:
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                         max_retry=3),
                     engine_kwargs={"pool_pre_ping": True})
+                self._storage = storage
                 break
             except Exception as e:  # bad URL, unreachable server, missing driver
                 # workers started together on a new database race to create its tables;
@@ -312,8 +314,9 @@ class Tuner:
         """This worker's running trials are failed and queued again with the same
         parameters (an interrupted study resumes them, and their records, next time)."""
         study._stop_flag = True  # Optuna's loop starts no further trial
+        started = self._storage.close() if self._storage is not None else set()
         for t in self._running(study):
-            if t.user_attrs.get("worker") == self.worker:
+            if t._trial_id in started or t.user_attrs.get("worker") == self.worker:
                 self._retry(study, t)
 
     @staticmethod
@@ -593,12 +596,41 @@ def _storage_class() -> Any:
         class Storage(RDBStorage):  # type: ignore[misc]
             _claim = threading.Lock()
 
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                # the trials this process started or claimed, so that a Ctrl-C queues
+                # them again even before the objective has named its worker; once
+                # closed, it starts and claims no more
+                self.started: set[int] = set()
+                self.closed = False
+
+            def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+                if template_trial is not None and template_trial.state != TrialState.RUNNING:
+                    return super()._create_new_trial(study_id, template_trial)
+                with self._claim:
+                    if self.closed:
+                        raise Interrupted("the study was interrupted")
+                    t = super()._create_new_trial(study_id, template_trial)
+                    self.started.add(t._trial_id)
+                    return t
+
             def set_trial_state_values(self, trial_id: int, state: TrialState,
                                        values: Sequence[float] | None = None) -> bool:
                 if state != TrialState.RUNNING:
                     return super().set_trial_state_values(trial_id, state, values)
                 with self._claim:
-                    return super().set_trial_state_values(trial_id, state, values)
+                    if self.closed:
+                        return False
+                    claimed = super().set_trial_state_values(trial_id, state, values)
+                    if claimed:
+                        self.started.add(trial_id)
+                    return claimed
+
+            def close(self) -> set[int]:
+                """Start and claim nothing more; the trials this process started."""
+                with self._claim:
+                    self.closed = True
+                    return set(self.started)
 
         _STORAGE = Storage
     return _STORAGE
