@@ -37,10 +37,11 @@ from degen.detect.verdict import default_detectors
 from degen.engines.local import LocalEngine
 from degen.load.runner import run_load
 from degen.load.schedule import Plan
+from degen.measure import Measure, paired, params_key
 from degen.progress import Forwarding, Progress, RichProgress
 from degen.prompts import load_prompts
 from degen.tune.space import Dim, SearchSpace, deviation, sampling_params
-from degen.tune.study import Measure, TuneConfig, Tuner, paired, params_key, tune
+from degen.tune.study import TuneConfig, Tuner, tune
 
 RANGES = {"temperature": (0.2, 1.3), "min_p": (0.0, 0.2), "repetition_penalty": (1.0, 1.3)}
 

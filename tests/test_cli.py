@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from degen.load.store import iter_records
+from degen.prompts import load_prompts
 from degen.testing.llamacpp import free_port
 
 DEGEN = str(Path(sys.executable).parent / "degen")
@@ -103,6 +104,12 @@ def test_run_json_summary_on_the_local_engine(tmp_path: Path) -> None:
     assert all(c.verdict is not None for c in recs)
     lo, hi = s["ci95"]
     assert 0 <= lo <= hi <= 1
+    # which prompts fail: the suite's categories, counts adding up to the whole
+    cats = {r["category"] for r in s["by_category"]}
+    assert cats and cats <= {p.meta["category"] for p in load_prompts()}
+    for table in (s["by_prompt"], s["by_category"]):
+        assert sum(r["n"] for r in table) == s["valid"]
+        assert sum(r["failures"] for r in table) == s["failures"]
 
 
 def test_human_summary(tmp_path: Path) -> None:
@@ -111,6 +118,8 @@ def test_human_summary(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "runaways" in r.stdout and "95% CI" in r.stdout and "records.jsonl" in r.stdout
     assert "detected" in r.stdout and "gibberish" in r.stdout
+    # 6 tokens: every answer runs to the cap, so the table of what fails most shows
+    assert "failing most, by category" in r.stdout and "by prompt:" in r.stdout
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:

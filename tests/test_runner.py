@@ -37,15 +37,17 @@ class ScriptedEngine(Engine):
         self.calls: list[str] = []
         self._lock = threading.Lock()
 
-    def complete(self, r: Request) -> Completion:
+    def complete(self, r: Request, cancel: threading.Event | None = None) -> Completion:
         started = time.time()
         with self._lock:
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
             self.calls.append(r.request_id)
-        time.sleep(self.delay)
+        withdrawn = (cancel or threading.Event()).wait(self.delay)
         with self._lock:
             self.inflight -= 1
+        if withdrawn:
+            return self.cancelled(r, started, completion_tokens=1)
         t = Timings(r.scheduled_at, started, None, time.time())
         if r.index % 7 == 0 and r.index:
             return Completion.from_request(r, finish_reason="error", error="boom", timings=t,
@@ -159,8 +161,8 @@ def test_records_carry_verdicts_and_the_summary_counts_kinds(tmp_path: Path) -> 
     from degen.detect.verdict import default_detectors
 
     class Looper(ScriptedEngine):
-        def complete(self, r: Request) -> Completion:
-            c = super().complete(r)
+        def complete(self, r: Request, cancel: threading.Event | None = None) -> Completion:
+            c = super().complete(r, cancel)
             if c.is_error:
                 return c
             text = "Sure. " + "lesson " * 30 if c.is_runaway else "A fine short answer."
@@ -178,11 +180,32 @@ def test_records_carry_verdicts_and_the_summary_counts_kinds(tmp_path: Path) -> 
 
 def test_an_engine_that_breaks_its_contract_stops_the_run(tmp_path: Path) -> None:
     class Broken(ScriptedEngine):
-        def complete(self, r: Request) -> Completion:
+        def complete(self, r: Request, cancel: threading.Event | None = None) -> Completion:
             if r.index == 2:
                 raise RuntimeError("engine bug")
-            return super().complete(r)
+            return super().complete(r, cancel)
 
     with pytest.raises(RuntimeError, match="engine bug"):
         run_load(Broken(), plan(runs=1), tmp_path / "o")
     assert json.loads((tmp_path / "o" / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_stop_cancels_requests_in_flight_and_resume_sends_them_again(tmp_path: Path) -> None:
+    eng = ScriptedEngine(delay=0.3)
+    p = plan(runs=1)  # 10 requests
+    t0 = time.monotonic()
+    res = run_load(eng, p, tmp_path / "o", concurrency=4, stop=lambda cs: len(cs) >= 1)
+    assert res.stopped and time.monotonic() - t0 < 3.0
+    cancelled = [c for c in res.completions if c.is_cancelled]
+    assert cancelled and all(c.completion_tokens == 1 for c in cancelled)
+    assert eng.inflight == 0  # nothing left running in the engine
+    recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
+    assert {c.request_id for c in recs if c.is_cancelled} == {c.request_id for c in cancelled}
+    s = summarize(res.completions)
+    assert s["cancelled"] == len(cancelled) and s["valid"] == len(res.completions) - len(
+        cancelled) - s["errors"]
+
+    again = run_load(ScriptedEngine(), p, tmp_path / "o", resume=True)
+    assert not again.stopped and len(again.completions) == p.total
+    assert not any(c.is_cancelled for c in again.completions)
+    assert {c.request_id for c in cancelled} <= {c.request_id for c in again.completions}

@@ -61,7 +61,7 @@ def profile(completions: Iterable[Completion], source: str, window: int = 32,
     sums: dict[int, dict[str, float]] = {}
     counts: dict[int, dict[str, int]] = {}
     for c in completions:
-        if c.is_error:
+        if not c.is_measured:
             continue
         units: Sequence[Any] = c.token_ids if c.token_ids else words(c.text)
         ent = c.extra.get("entropy") if c.token_ids else None

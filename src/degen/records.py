@@ -26,8 +26,10 @@ Semantics worth pinning down (engines follow these; see docs/parameters.md):
   (``max_tokens`` or the context ran out: a runaway), ``"repetition"`` (cut early
   because a loop was confirmed: by degen's watch, or by vLLM's repetition_detection),
   ``"degenerate"`` (cut early because the watch confirmed babble or glued words) or
-  ``"error"`` (the request failed; never counted as a runaway). A *failure* is a
-  runaway or a cut.
+  ``"error"`` (the request failed; never counted as a runaway) or ``"cancelled"``
+  (the caller withdrew it: a pruned trial, a dropped racing arm, Ctrl-C; its partial
+  text and tokens are kept, it is neither a failure nor a success, and a resumed run
+  sends it again). A *failure* is a runaway or a cut.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ from typing import Any, ClassVar, Literal
 
 from degen.errors import InvalidParams
 
-FinishReason = Literal["stop", "length", "repetition", "degenerate", "error"]
-FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "degenerate", "error")
+FinishReason = Literal["stop", "length", "repetition", "degenerate", "error", "cancelled"]
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "degenerate", "error",
+                                   "cancelled")
 CUT_REASONS: tuple[str, ...] = ("repetition", "degenerate")  # a watch cut it early
 PENALTY_SCOPES: tuple[str, ...] = ("prompt+output", "output")
 
@@ -279,6 +282,16 @@ class Completion:
     @property
     def is_error(self) -> bool:
         return self.finish_reason == "error"
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Withdrawn by the caller before it ended: neither a failure nor a success."""
+        return self.finish_reason == "cancelled"
+
+    @property
+    def is_measured(self) -> bool:
+        """Counts in a failure rate: neither an error nor cancelled."""
+        return self.finish_reason not in ("error", "cancelled")
 
     @property
     def is_runaway(self) -> bool:

@@ -182,6 +182,41 @@ def _example(ex: dict[str, Any]) -> str:
             f"{ex.get('tokens')} tokens): {what}</p><pre>{body}</pre>")
 
 
+def _ci(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return f"{_pct(r['failure_rate'])} ({_pct(lo)}-{_pct(hi)}, {r['failures']}/{r['n']})"
+
+
+def _risk_html(s: dict[str, Any], top: int = 10) -> list[str]:
+    """Which prompts fail under the best configuration (and under the defaults when
+    the confirmation ran them on the same requests)."""
+    e = html.escape
+    if not s.get("by_category"):
+        return []
+    base = ((s.get("confirmation") or {}).get("arms") or {}).get("baseline") or {}
+    base_cat = {r["category"]: r for r in base.get("by_category", [])}
+    base_pr = {r["prompt_id"]: r for r in base.get("by_prompt", [])}
+    cols = ["best configuration"] + (["engine defaults"] if base_cat else [])
+    rows = [[e(r["category"]), str(r["prompts"]), e(_ci(r))]
+            + ([e(_ci(base_cat[r["category"]]))] if r["category"] in base_cat else
+               [] if not base_cat else ["-"]) for r in s["by_category"]]
+    out = ["<h2>Which prompts fail</h2><p class='muted'>failure rate (95% CI, failures/n) by "
+           "prompt category and the prompts that fail most; every arm saw the same prompts "
+           "and seeds</p>", _table(["category", "prompts", *cols], rows)]
+    worst = [r for r in s["by_prompt"] if r["failures"]][:top]
+    if worst:
+        prow = []
+        for r in worst:
+            ex = r.get("example") or {}
+            prow.append([e(r["prompt_id"]), e(r["category"]), e(_ci(r))]
+                        + ([e(_ci(base_pr[r["prompt_id"]]))] if r["prompt_id"] in base_pr
+                           else [] if not base_pr else ["-"])
+                        + [e(f"{ex.get('kind', '')}: {ex.get('excerpt', '')[:120]}")])
+        out.append(_table(["prompt", "category", *cols, "example (from where it goes wrong)"],
+                          prow))
+    return out
+
+
 def render_html(s: dict[str, Any]) -> str:
     e = html.escape
     cfg = s["config"]
@@ -221,6 +256,7 @@ def render_html(s: dict[str, Any]) -> str:
         parts.append("<h2>Parameter importance</h2>" + _table(
             ["parameter", "importance (fANOVA)"],
             [[e(k), f"{v:.2f}"] for k, v in s["importance"].items()]))
+    parts.extend(_risk_html(s))
     rows = []
     for r in s["trials"]:
         m = r["measure"]
@@ -254,6 +290,14 @@ def render_markdown(s: dict[str, Any]) -> str:
                   "|---|---|---|---|"]
         lines += [f"| {n} | {_values(a['values'])} | {_rate(a['measure'])} | "
                   f"{a['measure']['cut']} |" for n, a in c["arms"].items()]
+        lines.append("")
+    if s.get("by_category"):
+        lines += ["## Which prompts fail (best configuration)", "",
+                  "| category | prompts | failure rate (95% CI, n) |", "|---|---|---|"]
+        lines += [f"| {r['category']} | {r['prompts']} | {_ci(r)} |" for r in s["by_category"]]
+        lines += ["", "| prompt | failure rate (95% CI, n) |", "|---|---|"]
+        lines += [f"| {r['prompt_id']} | {_ci(r)} |" for r in s["by_prompt"]
+                  if r["failures"]][:10]
         lines.append("")
     lines += ["## Trials", "", "| # | state | parameters | failure rate (95% CI, n) |",
               "|---|---|---|---|"]

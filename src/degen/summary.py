@@ -7,7 +7,7 @@ a folder written last week, is computed the same way as a live one.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from degen.records import Completion
@@ -31,7 +31,8 @@ def rate_block(failures: int, n: int) -> dict[str, Any]:
             "ci95": [lo, hi]}
 
 
-def summarize(completions: Iterable[Completion], out: str | None = None) -> dict[str, Any]:
+def summarize(completions: Iterable[Completion], out: str | None = None,
+              categories: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The summary ``degen run`` prints (and ``--json`` emits).
 
     ``failures`` are runaways (``finish_reason == "length"``) and loops cut early
@@ -39,13 +40,19 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
     error; ``failure_rate`` and ``ci95`` (Wilson, 95%) are over those
     ``valid`` requests. Errors are counted apart, never as runaways. When the records
     carry verdicts, ``kinds`` gives each detector kind's count, rate and interval.
+    ``by_prompt`` and ``by_category`` give the failure rate of each prompt and prompt
+    category (see :mod:`degen.risk`; ``categories`` maps prompt ids to categories).
+    Cancelled requests are counted in ``cancelled`` and nowhere else.
     """
+    from degen.risk import risk
+
     cs = list(completions)
     by_run: dict[int, list[Completion]] = defaultdict(list)
     for c in cs:
         by_run[c.run].append(c)
     errors = sum(c.is_error for c in cs)
-    valid = [c for c in cs if not c.is_error]
+    cancelled = sum(c.is_cancelled for c in cs)
+    valid = [c for c in cs if c.is_measured]
     failures = sum(c.is_failure for c in valid)
     cut = sum(c.is_cut for c in valid)
     tokens = sum(c.completion_tokens or 0 for c in valid)
@@ -55,9 +62,9 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
     block = rate_block(failures, len(valid))
     runs = []
     for run in sorted(by_run):
-        v = [c for c in by_run[run] if not c.is_error]
+        v = [c for c in by_run[run] if c.is_measured]
         r = rate_block(sum(c.is_failure for c in v), len(v))
-        r.update(run=run, errors=len(by_run[run]) - len(v))
+        r.update(run=run, errors=sum(c.is_error for c in by_run[run]))
         runs.append(r)
     first_error = next((c.error for c in cs if c.is_error), None)
     judged = [c.verdict for c in valid if c.verdict is not None]
@@ -74,6 +81,7 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
         "failure_rate": block["failure_rate"],
         "ci95": block["ci95"],
         "errors": errors,
+        "cancelled": cancelled,
         "first_error": first_error,
         "completion_tokens": tokens,
         "wall_s": wall,
@@ -83,5 +91,6 @@ def summarize(completions: Iterable[Completion], out: str | None = None) -> dict
         "ttft_p50_s": percentile(ttft, 50),
         "runs": runs,
         "kinds": kinds,
+        **risk(cs, categories=categories),
         "out": out,
     }

@@ -98,3 +98,53 @@ def test_raw_prompts(engine: Engine) -> None:
                 prompt="The capital of France is")
     c = engine.complete(r)
     assert c.finish_reason in ("stop", "length") and c.text
+
+
+@pytest.fixture(params=["local", "openai-llamacpp-stream"])
+def cancellable(request, local_engine) -> Engine:
+    """The engines that can withdraw a request mid-generation (a non-streaming HTTP
+    request can only be withdrawn before it is sent)."""
+    if request.param == "local":
+        return local_engine
+    srv = request.getfixturevalue("llamacpp_server")
+    eng = OpenAIEngine(srv.base_url, stream=True, timeout=60)
+    request.addfinalizer(eng.close)
+    return eng
+
+
+def test_cancel_ends_a_generation_at_once_and_frees_the_engine(cancellable: Engine) -> None:
+    import threading
+    import time
+
+    long = req("k", STORY, temperature=0, max_tokens=2000)
+    cancel = threading.Event()
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(cancellable.complete(long, cancel=cancel)))
+    t.start()
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    cancel.set()
+    t.join(10)
+    assert got and time.monotonic() - t0 < 1.0
+    c = got[0]
+    assert c.finish_reason == "cancelled" and c.is_cancelled and not c.is_failure
+    assert c.text and 0 < (c.completion_tokens or 0) < 2000  # what it had generated
+    # nothing keeps generating: the local batch is empty, and the llama.cpp server
+    # (one request at a time) answers the next request at once, not after 2000 tokens
+    if cancellable.name == "local":
+        deadline = time.monotonic() + 2
+        while cancellable.running and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        assert cancellable.running == 0  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    after = cancellable.complete(req("k2", temperature=0, max_tokens=8))
+    assert after.finish_reason in ("stop", "length") and time.monotonic() - t0 < 5.0
+
+
+def test_a_request_cancelled_while_queued_is_never_started(cancellable: Engine) -> None:
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()
+    c = cancellable.complete(req("q", STORY, temperature=0, max_tokens=500), cancel=cancel)
+    assert c.is_cancelled and not c.text and not c.completion_tokens

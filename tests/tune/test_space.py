@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from degen.errors import InvalidParams
+from degen.measure import Measure, paired
 from degen.prompts import Prompt
 from degen.records import Completion, SamplingParams
 from degen.tune.space import (
@@ -16,7 +17,7 @@ from degen.tune.space import (
     sampling_params,
     with_system,
 )
-from degen.tune.study import Measure, TuneConfig, paired
+from degen.tune.study import TuneConfig
 
 
 def test_seed_000_preset_is_the_published_ranges() -> None:

@@ -54,6 +54,11 @@ def test_tune_json_has_best_baseline_and_report(tuned) -> None:
     conf = next((out / "confirm").iterdir())
     cseeds = {c.params.seed for c in iter_records(conf / "records.jsonl")}
     assert not cseeds & {x[2] for x in seeds[0]}
+    # which prompts fail, for the confirmed best configuration: 6 requests in all
+    assert sum(r["n"] for r in s["by_prompt"]) == 6 == sum(r["n"] for r in s["by_category"])
+    assert sum(r["failures"] for r in s["by_prompt"]) == s["best_confirmed"]["failures"]
+    assert all(set(r) >= {"prompt_id", "category", "n", "failures", "failure_rate", "ci95"}
+               for r in s["by_prompt"])
     # the study opens as a plain Optuna storage (optuna-dashboard reads the same file)
     with sqlite3.connect(out / "study.db") as db:
         assert db.execute("select count(*) from trials").fetchone()[0] == 3
@@ -66,7 +71,8 @@ def test_report_renders_offline_in_chromium(tuned, tmp_path: Path) -> None:
     html = out / "report.html"
     dom = dump_dom(html)
     for section in ("Confirmed on 6 new requests", "Pareto front", "Trials",
-                    "Failure rate along each parameter", "Configuration and versions"):
+                    "Failure rate along each parameter", "Which prompts fail",
+                    "Configuration and versions"):
         assert section in dom
     assert network_requests(html) == []
     png = screenshot(html, tmp_path / "report.png")
@@ -143,9 +149,10 @@ def test_ctrl_c_and_kill_9_then_resume_keep_every_finished_trial(tmp_path: Path)
         if state in ("COMPLETE", "PRUNED"):
             assert after[number] == state
     assert sum(s in ("COMPLETE", "PRUNED") for s in after.values()) == 4
-    # no record duplicated in any trial folder
+    # no record duplicated in any trial folder (a cancelled request's line stays, and
+    # its request is sent again)
     for f in (out / "trials").iterdir():
-        ids = [c.request_id for c in iter_records(f / "records.jsonl")]
+        ids = [c.request_id for c in iter_records(f / "records.jsonl") if not c.is_cancelled]
         assert len(ids) == len(set(ids))
 
 

@@ -158,6 +158,30 @@ def settled(srv: VLLMServer, within: float = 10.0) -> float:
     return time.monotonic() - t0
 
 
+def test_a_cancelled_request_is_aborted_inside_vllm(engine: OpenAIEngine,
+                                                   vllm_server: VLLMServer) -> None:
+    import threading
+
+    done_before = vllm_server.metric("vllm:request_success_total")
+    p = PROMPTS[SEA]
+    cancel = threading.Event()
+    got: list[Completion] = []
+    t = threading.Thread(target=lambda: got.append(engine.complete(
+        Request("t-cancel", p.id, SamplingParams(temperature=0, max_tokens=3000),
+                messages=p.messages), cancel=cancel)))
+    t.start()
+    deadline = time.monotonic() + 60
+    while vllm_server.metric("vllm:num_requests_running") == 0:  # generating now
+        assert time.monotonic() < deadline and t.is_alive()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    cancel.set()
+    t.join(5)
+    assert got and got[0].is_cancelled and got[0].text
+    settled(vllm_server)  # vLLM dropped it, long before 3,000 tokens
+    assert vllm_server.metric("vllm:request_success_total") == done_before
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_the_guard_cuts_a_loop_and_vllm_aborts_it(client: openai.OpenAI,
                                                   vllm_server: VLLMServer,

@@ -75,6 +75,7 @@ def run(
     from degen.progress import Progress, RichProgress
     from degen.prompts import load_prompts
     from degen.records import SamplingParams
+    from degen.risk import prompt_categories
     from degen.summary import summarize
 
     # Everything that can be wrong with the input is checked before anything is written.
@@ -133,7 +134,8 @@ def run(
             raise typer.Exit(130) from None
     finally:
         eng.close()
-    summary = summarize(result.completions, out=str(out))
+    summary = summarize(result.completions, out=str(out),
+                        categories=prompt_categories(plan.prompts))
     if json_out:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
@@ -166,7 +168,25 @@ def print_summary(s: dict[str, Any]) -> None:
     if len(s["runs"]) > 1:
         rows.append(("runaways per run", ", ".join(f"{r['failures']}/{r['n']}"
                                                    for r in s["runs"])))
+    if s.get("cancelled"):
+        rows.append(("cancelled", f"{s['cancelled']}  (sent again by --resume)"))
     rows.append(("records", f"{s['out']}/records.jsonl"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         typer.echo(f"{k:<{width}}  {v}")
+    print_risk(s)
+
+
+def print_risk(s: dict[str, Any], top: int = 5) -> None:
+    """The categories and prompts that fail most, with an excerpt of each prompt's."""
+    from degen.risk import format_rows
+
+    cats = format_rows(s.get("by_category") or [], "category", top)
+    if not cats:
+        return
+    typer.echo("\nfailing most, by category (failures/n, rate, 95% CI):")
+    for line in cats:
+        typer.echo("  " + line)
+    typer.echo("by prompt:")
+    for line in format_rows(s.get("by_prompt") or [], "prompt_id", top):
+        typer.echo("  " + line)

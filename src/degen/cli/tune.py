@@ -98,6 +98,7 @@ def tune(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
 ) -> None:
+    from degen.cli.run import print_risk
     from degen.detect.verdict import default_detectors
     from degen.engines import create_engine
     from degen.errors import InvalidParams
@@ -176,10 +177,12 @@ def tune(
                "comparison": c.get("comparison"), "trials": len(s["trials"]),
                "complete": s["n_complete"], "pruned": s["n_pruned"],
                "generated_tokens": s["generated_tokens"], "out": str(out),
+               "by_prompt": s["by_prompt"], "by_category": s["by_category"],
                "report": str(path) if path else None}
         sys.stdout.write(json.dumps(obj) + "\n")
     else:
         typer.echo(headline(s))
+        print_risk(s)
         if path:
             typer.echo(f"report: {path}")
 

@@ -31,7 +31,7 @@ def judge(completion: Completion, detectors: DetectorList | None = None) -> dict
     """The verdict on ``completion``. Error records are judged on nothing: an error is
     not a degeneration."""
     dl = detectors if detectors is not None else default_detectors()
-    findings = [] if completion.is_error else dl(completion)
+    findings = [] if not completion.is_measured else dl(completion)
     return {
         "id": completion.request_id,
         "degenerate": bool(findings),

@@ -18,6 +18,12 @@ every engine:
   model's context) without producing an end token or stop string.
 - Every field of :class:`~degen.records.SamplingParams` is honoured, or the engine
   says which it cannot send (:attr:`Engine.dropped_params`).
+- **Cancellation.** ``complete(request, cancel=event)`` ends the request soon after
+  ``event`` is set (a ``threading.Event``): a request still queued is never started,
+  one in flight stops at its next token (the local engine drops its row from the
+  batch; the openai engine closes the stream, which makes vLLM and llama.cpp abort
+  the generation). It comes back with ``finish_reason="cancelled"``, its partial
+  text and tokens, and is neither a failure nor a success.
 - Timings are wall-clock (``time.time()``); ``started_at`` is when the engine began
   work on the request, not when it was queued.
 """
@@ -25,13 +31,15 @@ every engine:
 from __future__ import annotations
 
 import importlib
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from degen.errors import UnknownName
-from degen.records import Completion, Request, SamplingParams
+from degen.records import Completion, Request, SamplingParams, Timings
 
 
 class Engine(ABC):
@@ -45,8 +53,9 @@ class Engine(ABC):
     preferred_concurrency: int = 8
 
     @abstractmethod
-    def complete(self, request: Request) -> Completion:
-        """Run one request to the end. Thread-safe; never raises for a failed request."""
+    def complete(self, request: Request, cancel: threading.Event | None = None) -> Completion:
+        """Run one request to the end, or until ``cancel`` is set. Thread-safe; never
+        raises for a failed request."""
 
     def unsupported(self, params: SamplingParams) -> dict[str, str]:
         """Fields of ``params`` this engine will not apply, with the reason (empty: none).
@@ -75,6 +84,15 @@ class Engine(ABC):
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="degen-gen") as pool:
             return list(pool.map(one, requests))
+
+    def cancelled(self, request: Request, started: float, text: str = "",
+                  completion_tokens: int | None = None, **fields: Any) -> Completion:
+        """The record of a request withdrawn by its caller."""
+        return Completion.from_request(
+            request, finish_reason="cancelled", text=text, engine=self.name,
+            model=self.model, completion_tokens=completion_tokens,
+            timings=Timings(scheduled_at=request.scheduled_at, started_at=started,
+                            finished_at=time.time()), **fields)
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (threads, connections, model memory). Idempotent."""

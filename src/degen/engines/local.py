@@ -21,6 +21,9 @@ How a batch is kept (the pitfalls of seed 001 and seed 002, done right):
   batch's length), so one runaway never holds the others up. Models whose cache
   is not a plain per-layer tensor (sliding-window layers) fall back to admitting
   new requests only when the batch has drained.
+- **Cancellation**: a request whose ``cancel`` event is set leaves the batch after
+  the step in progress (``"cancelled"``, with what it generated); one still queued is
+  answered at once and never prefilled.
 
 Every call to :meth:`LocalEngine.complete` is queued to one worker thread that
 owns the model; concurrent callers share batches.
@@ -36,6 +39,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +75,17 @@ class Detokenizer:
 
 
 @dataclass(eq=False)
+class _Job:
+    """A request waiting for room in the batch; ``state`` (under the engine's lock)
+    says whether the batch took it or its caller withdrew it first."""
+
+    req: Request
+    future: Future[Completion]
+    cancel: threading.Event | None = None
+    state: str = "queued"  # "queued" -> "admitted" | "dropped"
+
+
+@dataclass
 class _Row:
     req: Request
     future: Future[Completion]
@@ -88,6 +103,7 @@ class _Row:
     watch: Any = None  # a Watch when the engine guards
     detok: Detokenizer | None = None  # its text deltas
     cut: Any = None  # the finding the row was cut for
+    cancel: threading.Event | None = None
 
 
 class LocalEngine(Engine):
@@ -131,7 +147,9 @@ class LocalEngine(Engine):
         self._device_opt, self._dtype_opt = device, dtype
         self._model: Any = None
         self._tok: Any = None
-        self._queue: queue.Queue[tuple[Request, Future[Completion]] | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        #: rows generating in the batch after the last step (for tests and monitoring)
+        self.running = 0
         # the worker thread (0 or 1); stopped by close(), or at exit if nobody closed us
         self._workers: list[threading.Thread] = []
         self._finalizer = weakref.finalize(self, _stop_worker, self._queue, self._workers)
@@ -194,11 +212,27 @@ class LocalEngine(Engine):
         self._finalizer()
 
     # ------------------------------------------------------------------ API
-    def complete(self, request: Request) -> Completion:
-        return self.submit(request).result()
+    def complete(self, request: Request, cancel: threading.Event | None = None) -> Completion:
+        job = self._submit(request, cancel)
+        if cancel is None:
+            return job.future.result()
+        while True:  # a queued request is withdrawn here; a running row at its next step
+            try:
+                return job.future.result(timeout=0.05)
+            except FutureTimeout:
+                pass
+            if cancel.is_set():
+                with self._lock:
+                    if job.state != "queued":
+                        continue
+                    job.state = "dropped"
+                return self.cancelled(request, time.time())
 
     def submit(self, request: Request) -> Future[Completion]:
         """Queue ``request``; the future resolves to its Completion (never an exception)."""
+        return self._submit(request, None).future
+
+    def _submit(self, request: Request, cancel: threading.Event | None) -> _Job:
         fut: Future[Completion] = Future()
         with self._lock:
             if self._closed:
@@ -207,8 +241,9 @@ class LocalEngine(Engine):
                 worker = threading.Thread(target=self._serve, name="degen-local", daemon=True)
                 self._workers.append(worker)
                 worker.start()
-        self._queue.put((request, fut))
-        return fut
+        job = _Job(request, fut, cancel)
+        self._queue.put(job)
+        return job
 
     def encode(self, request: Request) -> list[int]:
         """Token ids of the request's prompt: the chat template for ``messages``,
@@ -244,6 +279,7 @@ class LocalEngine(Engine):
                     batch.step()
                 except Exception as e:  # a bug or OOM: fail the rows, keep serving
                     batch.fail_all(f"{type(e).__name__}: {e}")
+            self.running = len(batch.rows)
 
     def _admit(self, batch: _Batch) -> bool:
         """Move waiting requests into the batch. Blocks when the batch is empty.
@@ -252,7 +288,7 @@ class LocalEngine(Engine):
         room = self.batch_size - len(batch.rows)
         if batch.rows and not (self.continuous and batch.can_merge):
             room = 0
-        new: list[tuple[Request, Future[Completion]]] = []
+        new: list[_Job] = []
         while room > len(new):
             try:
                 item = self._queue.get(block=not batch.rows and not new)
@@ -261,6 +297,14 @@ class LocalEngine(Engine):
             if item is None:
                 closing = True
                 break
+            with self._lock:
+                if item.state == "dropped":
+                    continue
+                withdrawn = item.cancel is not None and item.cancel.is_set()
+                item.state = "dropped" if withdrawn else "admitted"
+            if withdrawn:
+                item.future.set_result(self.cancelled(item.req, time.time()))
+                continue
             new.append(item)
         if new:
             batch.add(new)
@@ -276,8 +320,11 @@ class LocalEngine(Engine):
                 return
             if item is None:
                 return
-            req, fut = item
-            fut.set_result(self._error(req, msg, time.time()))
+            with self._lock:
+                if item.state == "dropped":
+                    continue
+                item.state = "admitted"
+            item.future.set_result(self._error(item.req, msg, time.time()))
 
     def _error(self, req: Request, msg: str, started: float) -> Completion:
         return Completion.from_request(
@@ -308,7 +355,7 @@ class _Batch:
         self.can_merge = True
 
     # ---------------------------------------------------------------- admission
-    def add(self, items: list[tuple[Request, Future[Completion]]]) -> None:
+    def add(self, items: list[_Job]) -> None:
         torch = self.torch
         from transformers import DynamicCache
 
@@ -316,7 +363,8 @@ class _Batch:
 
         e = self.e
         rows: list[_Row] = []
-        for req, fut in items:
+        for job in items:
+            req, fut = job.req, job.future
             started = time.time()
             try:
                 ids = e.encode(req)
@@ -330,7 +378,8 @@ class _Batch:
                 continue
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
             gen = torch.Generator(device=e._device).manual_seed(seed)
-            row = _Row(req, fut, ids, min(req.params.max_tokens, room), gen, started)
+            row = _Row(req, fut, ids, min(req.params.max_tokens, room), gen, started,
+                       cancel=job.cancel)
             if e.guard:
                 from degen.detect.loop import prompt_text
                 from degen.detect.watch import Watch
@@ -498,6 +547,8 @@ class _Batch:
                 done.append((i, "length"))
             elif r.cut is not None:
                 done.append((i, CUT_REASON[r.cut.kind]))
+            elif r.cancel is not None and r.cancel.is_set():
+                done.append((i, "cancelled"))
         if not done:
             return
         for i, reason in done:

@@ -311,7 +311,7 @@ class OpenAIEngine(Engine):
         self._client.close()
 
     # ------------------------------------------------------------------ requests
-    def complete(self, request: Request) -> Completion:
+    def complete(self, request: Request, cancel: threading.Event | None = None) -> Completion:
         started = time.time()
         dropped = self.unsupported(request.params)
         if dropped:
@@ -325,9 +325,15 @@ class OpenAIEngine(Engine):
         except _Fatal as e:
             return self._error(request, str(e), started, 0)
         while True:
+            if cancel is not None and cancel.is_set():
+                return self.cancelled(request, started, attempts=attempts)
             attempts += 1
             try:
-                got = self._stream(path, body) if self.stream else self._once(path, body)
+                got = self._stream(path, body, cancel) if self.stream \
+                    else self._once(path, body)
+                if got.get("cancelled"):
+                    return self.cancelled(request, started, got.get("text") or "",
+                                          got.get("chunks"), attempts=attempts)
                 return self._completion(request, got, started, attempts)
             except _Fatal as e:
                 return self._error(request, str(e), started, attempts)
@@ -339,7 +345,10 @@ class OpenAIEngine(Engine):
                 wait = self.backoff * 2 ** (attempts - 1) + random.uniform(0, self.backoff)
                 if e.retry_after is not None:
                     wait = max(wait, min(e.retry_after, 30.0))
-                time.sleep(wait)
+                if cancel is not None:
+                    cancel.wait(wait)
+                else:
+                    time.sleep(wait)
 
     def _error(self, req: Request, msg: str, started: float, attempts: int) -> Completion:
         return Completion.from_request(
@@ -418,7 +427,8 @@ class OpenAIEngine(Engine):
                 "usage": data.get("usage"), "logprobs": _finite(token_logprobs(
                     choice.get("logprobs")) or ())}
 
-    def _stream(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _stream(self, path: str, body: dict[str, Any],
+                cancel: threading.Event | None = None) -> dict[str, Any]:
         parts: list[str] = []
         finish: str | None = None
         usage: dict[str, Any] | None = None
@@ -441,6 +451,8 @@ class OpenAIEngine(Engine):
                     r.read()
                     self._check_status(r)
                 for payload in _sse_payloads(r.iter_lines()):
+                    if cancel is not None and cancel.is_set():  # closing aborts it
+                        return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
                     if payload == "[DONE]":
                         done = True
                         break

@@ -59,15 +59,18 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
              resume: bool = False, progress: Progress | None = None,
              extra_meta: dict[str, Any] | None = None,
              detectors: DetectorList | None = None,
-             stop: Callable[[list[Completion]], bool] | None = None) -> RunResult:
+             stop: Callable[[list[Completion]], bool] | None = None,
+             interrupt: threading.Event | None = None) -> RunResult:
     """Run ``plan`` on ``engine``, writing records to ``out``. Returns every completion
     of the plan (those of earlier sessions too when resuming). With ``detectors`` each
     record carries its verdict (see :mod:`degen.detect.verdict`).
 
     ``stop`` is asked after every completion with all completions so far; once it says
-    True no further request is sent (those already with the engine finish and are
-    recorded), ``run.json`` says ``"stopped"`` and :attr:`RunResult.stopped` is set.
-    A tuning study uses it to prune a trial that is already confidently worse."""
+    True no further request is sent, those already with the engine are cancelled (and
+    recorded as ``"cancelled"``), ``run.json`` says ``"stopped"`` and
+    :attr:`RunResult.stopped` is set. A tuning study uses it to prune a trial that is
+    already confidently worse. Ctrl-C cancels the requests in flight the same way, and
+    so does setting ``interrupt`` from another thread (a study being interrupted)."""
     out = Path(out)
     workers = max(1, concurrency or engine.preferred_concurrency)
     fingerprint = plan.fingerprint()
@@ -88,11 +91,26 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
     results: list[Completion] = list(done)
     lock = threading.Lock()
     halt = threading.Event()
+    inflight: set[threading.Event] = set()
     if stop is not None and done and stop(list(done)):
         halt.set()
 
+    def cancel_inflight() -> None:
+        with lock:
+            for ev in inflight:
+                ev.set()
+
     def work(req: Request) -> Completion:
-        c = engine.complete(req)
+        cancel = threading.Event()
+        with lock:
+            if halt.is_set():
+                cancel.set()
+            inflight.add(cancel)
+        try:
+            c = engine.complete(req, cancel=cancel)
+        finally:
+            with lock:
+                inflight.discard(cancel)
         if detectors is not None:
             c = replace(c, verdict=judge(c, detectors))
         store.append(c)
@@ -101,6 +119,8 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
             progress.update(c)
             if stop is not None and not halt.is_set() and stop(list(results)):
                 halt.set()
+                for ev in inflight:
+                    ev.set()
         return c
 
     status = "finished"
@@ -111,14 +131,16 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
                                                    strict=True)
                         if r.request_id not in done_ids]
                 if todo and not halt.is_set():
-                    _dispatch(todo, workers, work, halt)
+                    _dispatch(todo, workers, work, halt, cancel_inflight, interrupt)
         if halt.is_set():
             status = "stopped"
     except KeyboardInterrupt:
         status = "interrupted"
+        cancel_inflight()
         raise
     except BaseException:
         status = "failed"
+        cancel_inflight()
         raise
     finally:
         store.update_meta(status=status, finished_at=_now_iso())
@@ -128,9 +150,17 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
 
 
 def _dispatch(todo: list[tuple[Request, float]], workers: int,
-              work: Callable[[Request], Completion], halt: threading.Event) -> None:
+              work: Callable[[Request], Completion], halt: threading.Event,
+              cancel_inflight: Callable[[], None],
+              interrupt: threading.Event | None = None) -> None:
     """Send ``todo`` at their offsets (shifted so the first goes now) and wait. Once
-    ``halt`` is set, nothing more is sent and requests not yet started are dropped."""
+    ``halt`` (or ``interrupt``) is set, nothing more is sent, requests not yet started
+    are dropped and those in flight are cancelled."""
+
+    def check() -> None:
+        if interrupt is not None and interrupt.is_set():
+            halt.set()
+
     shift = todo[0][1]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="degen-load")
     futures: list[Future[Completion]] = []
@@ -139,9 +169,10 @@ def _dispatch(todo: list[tuple[Request, float]], workers: int,
         t0_wall = time.time()
         for req, off in todo:
             due = off - shift
-            delay = t0_perf + due - time.perf_counter()
-            if delay > 0:
-                halt.wait(delay)
+            while (delay := t0_perf + due - time.perf_counter()) > 0 and not halt.is_set():
+                halt.wait(min(delay, 0.2))
+                check()
+            check()
             if halt.is_set():
                 break
             req = replace(req, scheduled_at=t0_wall + due)
@@ -149,12 +180,14 @@ def _dispatch(todo: list[tuple[Request, float]], workers: int,
         pending = set(futures)
         while pending:  # wake up often: Ctrl-C is only seen when the main thread runs
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            check()
             for fut in done:
                 if not fut.cancelled():
                     fut.result()  # raise what a worker raised, at once
             if halt.is_set():
                 for fut in pending:
                     fut.cancel()  # only those no worker has started
+                cancel_inflight()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

@@ -3,7 +3,9 @@
 ``records.jsonl`` gets one :class:`~degen.records.Completion` per line, written and
 flushed as each request finishes, so a crash (even ``kill -9``) loses at most the
 requests in flight. A line cut short by a crash is dropped when the folder is
-reopened with ``resume=True``; every complete line is kept and never duplicated.
+reopened with ``resume=True``; every complete line is kept and never duplicated. A
+request withdrawn before it ended (finish_reason ``"cancelled"``) keeps its line,
+and a resumed run sends it again; readers take :func:`settled` records.
 
 ``run.json`` holds the plan's fingerprint, the engine description, versions and
 start/end times; it is rewritten atomically (write then rename).
@@ -15,7 +17,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,17 @@ def iter_records(path: Path, *, allow_torn_tail: bool = False) -> Iterator[Compl
             if last and torn and allow_torn_tail:
                 return
             raise InputFileError(f"{path}:{n}: not a degen record ({e})") from None
+
+
+def settled(records: Iterable[Completion]) -> list[Completion]:
+    """One record per request: the first that is not cancelled (a cancelled request
+    is sent again on resume, so its later record is the one that counts). Requests
+    that were only ever cancelled are left out."""
+    out: dict[str, Completion] = {}
+    for c in records:
+        if not c.is_cancelled:
+            out.setdefault(c.request_id, c)
+    return list(out.values())
 
 
 class RunDir:
@@ -102,14 +115,8 @@ class RunDir:
         if d.records_path.exists():
             done = list(iter_records(d.records_path, allow_torn_tail=True))
             d._truncate_torn_tail()
-        seen: set[str] = set()
-        unique = []
-        for c in done:
-            if c.request_id not in seen:
-                seen.add(c.request_id)
-                unique.append(c)
         d._fh = open(d.records_path, "a", encoding="utf-8")  # noqa: SIM115
-        return d, unique
+        return d, settled(done)
 
     def _truncate_torn_tail(self) -> None:
         data = self.records_path.read_bytes()
@@ -122,6 +129,8 @@ class RunDir:
     def append(self, c: Completion) -> None:
         line = c.to_json() + "\n"
         with self._lock:
+            if self._fh is None:  # closed: a request cancelled by Ctrl-C ending late
+                return
             self._fh.write(line)
             self._fh.flush()
 

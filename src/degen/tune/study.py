@@ -36,7 +36,6 @@ trial whose worker died is failed and retried with the same parameters.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -53,14 +52,16 @@ from degen.engines.base import Engine
 from degen.errors import InvalidParams, UsageError
 from degen.load.runner import run_load, versions
 from degen.load.schedule import Plan
+from degen.load.store import RECORDS, iter_records, settled
+from degen.measure import FAILURE_KINDS, Measure, examples, paired, params_key
 from degen.progress import Forwarding, Progress
 from degen.prompts import Prompt
 from degen.records import Completion
-from degen.stats import mcnemar_exact_p, paired_difference, percentile, wilson_interval
+from degen.risk import prompt_categories, risk
 from degen.tune.space import SearchSpace, deviation, sampling_params, with_system
+from degen.tune.storage import Interrupted, alive, locked, redact, storage_class
 
 OBJECTIVES = ("failure", "tokens", "latency", "deviation")
-FAILURE_KINDS = ("runaway", "loop", "spacing", "gibberish")
 DEFAULTS_ARM = "baseline"
 
 
@@ -122,102 +123,8 @@ class TuneConfig:
         d = {k: v for k, v in asdict(self).items() if k not in ("space", "out")}
         d["space"] = self.space.to_dict()
         d["out"] = str(self.out)
-        d["storage"] = _redact(self.storage_url)
+        d["storage"] = redact(self.storage_url)
         return d
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password."""
-    import re
-
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-# --------------------------------------------------------------------- measuring
-def is_failure(c: Completion, kinds: Sequence[str]) -> bool:
-    """A failure: a runaway or a generation cut early (``runaway``), or a verdict of
-    another kind."""
-    if c.is_error:
-        return False
-    if "runaway" in kinds and c.is_failure:
-        return True
-    others = [k for k in kinds if k != "runaway"]
-    if others and c.verdict:
-        return any(k in c.verdict.get("kinds", ()) for k in others)
-    return c.is_cut and ((c.extra or {}).get("cut") or {}).get("kind") in others
-
-
-@dataclass
-class Measure:
-    """What a set of completions says about one configuration."""
-
-    n: int
-    failures: int
-    cut: int
-    errors: int
-    tokens: int
-    latency_p50: float | None
-
-    @classmethod
-    def of(cls, cs: Sequence[Completion], kinds: Sequence[str]) -> Measure:
-        valid = [c for c in cs if not c.is_error]
-        lat = [c.timings.latency_s for c in valid if c.timings.latency_s is not None]
-        return cls(n=len(valid), failures=sum(is_failure(c, kinds) for c in valid),
-                   cut=sum(c.is_cut for c in valid), errors=len(cs) - len(valid),
-                   tokens=sum(c.completion_tokens or 0 for c in cs),
-                   latency_p50=percentile(lat, 50))
-
-    @property
-    def rate(self) -> float | None:
-        return self.failures / self.n if self.n else None
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        return wilson_interval(self.failures, self.n)
-
-    def value(self, objective: str, values: dict[str, Any]) -> float:
-        if objective == "failure":
-            return self.rate if self.rate is not None else 1.0
-        if objective == "tokens":
-            return self.tokens / max(1, self.n + self.errors)
-        if objective == "latency":
-            return self.latency_p50 if self.latency_p50 is not None else float("inf")
-        return deviation(values)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(rate=self.rate, ci95=list(self.ci95))
-        return d
-
-
-def _examples(cs: Sequence[Completion], kinds: Sequence[str], k: int = 2) -> list[dict]:
-    """A few failing generations with where they go wrong, for the report."""
-    out = []
-    for c in cs:
-        if len(out) >= k:
-            break
-        if not is_failure(c, kinds):
-            continue
-        finding = (c.extra or {}).get("cut")
-        if finding is None and c.verdict:
-            finding = next((f for f in c.verdict.get("findings", ()) if f["kind"] != "runaway"),
-                           None)
-        text = c.text
-        start = (finding or {}).get("start_char")
-        lo = max(0, (start or len(text)) - 300)
-        out.append({"request_id": c.request_id, "prompt_id": c.prompt_id,
-                    "finish_reason": c.finish_reason, "tokens": c.completion_tokens,
-                    "excerpt": text[lo:lo + 700], "excerpt_from": lo,
-                    "mark_at": None if start is None else start - lo,
-                    "finding": None if finding is None else {
-                        "kind": finding.get("kind"), "message": finding.get("message")}})
-    return out
-
-
-def params_key(values: dict[str, Any]) -> str:
-    """A short stable name for a configuration (its records folder)."""
-    blob = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------- the study
@@ -255,7 +162,7 @@ class Tuner:
         cfg.out.mkdir(parents=True, exist_ok=True)
         for attempt in range(4):
             try:
-                storage = _storage_class()(
+                storage = storage_class()(
                     cfg.storage_url, heartbeat_interval=5, grace_period=20,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                         max_retry=3),
@@ -269,7 +176,7 @@ class Tuner:
                     time.sleep(0.5 + attempt)
                     continue
                 raise UsageError(
-                    f"cannot open the study storage {_redact(cfg.storage_url)}: "
+                    f"cannot open the study storage {redact(cfg.storage_url)}: "
                     f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
         sampler = (optuna.samplers.RandomSampler(seed=cfg.seed) if cfg.sampler == "random"
                    else optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(
@@ -305,7 +212,7 @@ class Tuner:
         for t in self._running(study):
             w = str(t.user_attrs.get("worker", ""))
             h, _, pid = w.rpartition(":")
-            if h != host or not pid.isdigit() or _alive(int(pid)):
+            if h != host or not pid.isdigit() or alive(int(pid)):
                 continue
             if self._retry(study, t):
                 self.log(f"trial {t.number} of a killed worker (pid {pid}) will be retried")
@@ -374,12 +281,13 @@ class Tuner:
                     requests=requests, runs=cfg.runs, rate=cfg.rate, arrivals=cfg.arrivals,
                     seed=seed)
         # one run at a time per records folder, across threads and processes
-        with _locked(cfg.out / ".locks" / f"{folder.parent.name}-{folder.name}"):
+        with locked(cfg.out / ".locks" / f"{folder.parent.name}-{folder.name}"):
             resume = (folder / "run.json").exists()
             nested = Forwarding(self.progress, plan.total)
             result = run_load(self.engine, plan, folder, concurrency=cfg.concurrency,
                               resume=resume, progress=nested, detectors=self.detectors,
-                              extra_meta={"values": values}, stop=stop)
+                              extra_meta={"values": values}, stop=stop,
+                              interrupt=self._halt)
         if result.stopped:
             self.progress.skip(plan.total - len(result.completions))
         return Measure.of(result.completions, cfg.kinds), result.completions, result.stopped
@@ -432,7 +340,7 @@ class Tuner:
             if self._halt.is_set():
                 raise Interrupted("the study was interrupted")
             trial.set_user_attr("measure", m.to_dict())
-            trial.set_user_attr("examples", _examples(cs, cfg.kinds))
+            trial.set_user_attr("examples", examples(cs, cfg.kinds))
             if stopped:
                 raise optuna.TrialPruned(f"failure rate at least {m.ci95[0]:.1%}")
             if m.n == 0:
@@ -485,7 +393,7 @@ class Tuner:
                 if k == "failure":
                     out.append(m["rate"])
                 elif k == "tokens":
-                    out.append(m["tokens"] / max(1, m["n"] + m["errors"]))
+                    out.append(m["tokens"] / max(1, m["n"] + m["errors"] + m.get("cancelled", 0)))
                 elif k == "latency":
                     out.append(m["latency_p50"] if m["latency_p50"] is not None else 1e18)
                 else:
@@ -525,7 +433,8 @@ class Tuner:
                 completions[name] = cs
                 results[name] = {"values": values, "trial": number, "measure": m.to_dict(),
                                  "deviation": deviation(values),
-                                 "examples": _examples(cs, cfg.kinds)}
+                                 "examples": examples(cs, cfg.kinds),
+                                 **risk(cs, cfg.kinds, prompt_categories(self.prompts))}
             return go
 
         self.log(f"confirming {', '.join(a[0] for a in arms)} on {cfg.confirm} new requests")
@@ -545,107 +454,6 @@ class Tuner:
                 "requests": cfg.confirm, "seed": cfg.seed + 1}
 
 
-class Interrupted(Exception):
-    """A trial stopped because the study was interrupted (it is queued again)."""
-
-
-def paired(first: Sequence[Completion], second: Sequence[Completion],
-           kinds: Sequence[str]) -> dict[str, Any]:
-    """Best vs baseline on the same requests: the 2x2 table of pairs, the difference of
-    failure rates with Newcombe's interval, and the exact McNemar p-value."""
-    a_by = {c.request_id: c for c in first if not c.is_error}
-    b_by = {c.request_id: c for c in second if not c.is_error}
-    both = sorted(set(a_by) & set(b_by))
-    t = {"both": 0, "only_first": 0, "only_second": 0, "neither": 0}
-    for rid in both:
-        fa, fb = is_failure(a_by[rid], kinds), is_failure(b_by[rid], kinds)
-        t["both" if fa and fb else "only_first" if fa else "only_second" if fb
-          else "neither"] += 1
-    diff, lo, hi = paired_difference(t["both"], t["only_first"], t["only_second"], t["neither"])
-    return {"pairs": len(both), "table": t, "difference": diff, "ci95": [lo, hi],
-            "p_value": mcnemar_exact_p(t["only_first"], t["only_second"])}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Any:
-    """An exclusive ``flock`` on the file ``path`` (made if missing), held inside."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-_STORAGE: Any = None
-
-
-def _storage_class() -> Any:
-    """Optuna's RDB storage, with one fix: claiming a queued trial is serialized
-    within the process. Optuna claims a WAITING trial by reading and then updating
-    it; SQLite takes no row lock on the read, so two threads could both claim the
-    same trial (PostgreSQL's ``SELECT ... FOR UPDATE`` already prevents this)."""
-    global _STORAGE
-    if _STORAGE is None:
-        from optuna.storages import RDBStorage
-        from optuna.trial import TrialState
-
-        class Storage(RDBStorage):  # type: ignore[misc]
-            _claim = threading.Lock()
-
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, **kwargs)
-                # the trials this process started or claimed, so that a Ctrl-C queues
-                # them again even before the objective has named its worker; once
-                # closed, it starts and claims no more
-                self.started: set[int] = set()
-                self.closed = False
-
-            def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
-                if template_trial is not None and template_trial.state != TrialState.RUNNING:
-                    return super()._create_new_trial(study_id, template_trial)
-                with self._claim:
-                    if self.closed:
-                        raise Interrupted("the study was interrupted")
-                    t = super()._create_new_trial(study_id, template_trial)
-                    self.started.add(t._trial_id)
-                    return t
-
-            def set_trial_state_values(self, trial_id: int, state: TrialState,
-                                       values: Sequence[float] | None = None) -> bool:
-                if state != TrialState.RUNNING:
-                    return super().set_trial_state_values(trial_id, state, values)
-                with self._claim:
-                    if self.closed:
-                        return False
-                    claimed = super().set_trial_state_values(trial_id, state, values)
-                    if claimed:
-                        self.started.add(trial_id)
-                    return claimed
-
-            def close(self) -> set[int]:
-                """Start and claim nothing more; the trials this process started."""
-                with self._claim:
-                    self.closed = True
-                    return set(self.started)
-
-        _STORAGE = Storage
-    return _STORAGE
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -660,6 +468,7 @@ def tune(engine: Engine, prompts: Sequence[Prompt], cfg: TuneConfig,
         study = tuner.search()
         confirmation = tuner.confirm(study) if cfg.confirm > 0 else None
     summary = summarize_study(study, cfg, confirmation)
+    summary.update(best_risk(summary, cfg, prompt_categories(tuner.prompts)))
     summary.update(engine=engine.describe(), versions=versions(), wall_s=time.time() - t0,
                    finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
     path = cfg.out / "tune.json"
@@ -667,6 +476,22 @@ def tune(engine: Engine, prompts: Sequence[Prompt], cfg: TuneConfig,
     tmp.write_text(json.dumps(summary, indent=1, default=str))
     tmp.replace(path)
     return TuneResult(summary, cfg.out, study)
+
+
+def best_risk(summary: dict[str, Any], cfg: TuneConfig,
+              categories: dict[str, str]) -> dict[str, Any]:
+    """``by_prompt`` and ``by_category`` of the best configuration: its confirmation
+    arm, or (without one) its search trial's records."""
+    best = summary.get("best")
+    if not best:
+        return {"by_prompt": [], "by_category": []}
+    conf = summary.get("confirmation")
+    if best["source"] == "confirmed" and conf:
+        arm = conf["arms"][conf["best"]]
+        return {"by_prompt": arm["by_prompt"], "by_category": arm["by_category"]}
+    records = cfg.out / "trials" / params_key(best["values"]) / RECORDS
+    cs = settled(iter_records(records, allow_torn_tail=True)) if records.exists() else []
+    return risk(cs, cfg.kinds, categories)
 
 
 def summarize_study(study: Any, cfg: TuneConfig, confirmation: dict[str, Any] | None
