@@ -52,6 +52,16 @@ def grid_values(points: int) -> list[dict[str, float]]:
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
+def reuse_grid(a: argparse.Namespace) -> dict[str, Any]:
+    old = json.loads(a.grid_from.read_text())
+    same = {"points": a.points, "requests": a.requests, "max_tokens": a.max_tokens,
+            "seed": a.seed}
+    theirs = {k: old["settings"].get(k) for k in same}
+    if theirs != same:
+        sys.exit(f"--grid-from {a.grid_from} was measured with {theirs}, not {same}")
+    return old["grid"] | {"reused_from": str(a.grid_from)}
+
+
 def _bar(total: int, label: str) -> Progress:
     return (RichProgress if sys.stderr.isatty() else Progress)(total, label)
 
@@ -92,13 +102,17 @@ def main() -> None:
     ap.add_argument("--grid-concurrency", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-tune"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--grid-from", type=Path, help="take the grid from an earlier results "
+                    "file with the same settings (the grid runs no early cut and no pruning, "
+                    "so degen's tuner does not change what it costs)")
     a = ap.parse_args()
     prompts = load_prompts()
     eng = LocalEngine(batch_size=32)
     eng.load()
     try:
-        grid = run_grid(eng, prompts, a.out, a.points, a.requests, a.max_tokens, a.seed,
-                        a.grid_concurrency)
+        grid = reuse_grid(a) if a.grid_from else run_grid(
+            eng, prompts, a.out, a.points, a.requests, a.max_tokens, a.seed,
+            a.grid_concurrency)
         print(f"grid: {len(grid['cells'])} cells x {a.requests} requests, "
               f"{grid['tokens']:,} tokens in {grid['wall_s']:.0f} s; best {grid['best']['values']}"
               f" {grid['best']['failures']}/{grid['best']['n']}", flush=True)

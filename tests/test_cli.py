@@ -229,3 +229,13 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     assert meta["status"] == "interrupted"
     recs = list(iter_records(out / "records.jsonl"))
     assert all(not c.is_error for c in recs)  # requests cut by Ctrl-C are not recorded
+
+
+def test_a_first_gguf_conversion_prints_nothing_with_quiet(tmp_path: Path) -> None:
+    """transformers dequantizes a GGUF under its own tqdm bar; degen's output is its own."""
+    env = dict(os.environ, DEGEN_CACHE_DIR=str(tmp_path / "cache"))
+    r = degen("run", "--requests", "1", "--max-tokens", "4", "--out", str(tmp_path / "o"),
+              "-q", "--json", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert any((tmp_path / "cache").rglob("*.safetensors"))  # it did convert
+    assert r.stderr == "" and json.loads(r.stdout)["n"] == 1

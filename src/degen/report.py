@@ -46,6 +46,13 @@ def _rate(m: dict[str, Any]) -> str:
     return f"{_pct(m['rate'])} ({_pct(lo)}-{_pct(hi)}, {m['failures']}/{m['n']})"
 
 
+def _reweighted(rw: dict[str, Any] | None) -> str:
+    if not rw or rw.get("rate") is None:
+        return "-"
+    lo, hi = rw["ci95"]
+    return f"{_pct(rw['rate'])} ({_pct(lo)}-{_pct(hi)}, {rw['n_eff']:.0f})"
+
+
 def _values(v: dict[str, Any]) -> str:
     if not v:
         return "engine defaults"
@@ -70,7 +77,11 @@ def headline(s: dict[str, Any]) -> str:
     if s.get("best"):
         t = next((r for r in s["trials"] if r["number"] == s["best"]["trial"]), None)
         m = t["measure"] if t else {}
-        return f"best in the search: {_values(s['best']['values'])}, failure rate {_rate(m)}"
+        tied = s["best"].get("tied_with") or []
+        also = f" (tied with trial{'s' if len(tied) > 1 else ''} " \
+            f"{', '.join(map(str, tied))}: confirm to settle it)" if tied else ""
+        return (f"best in the search: {_values(s['best']['values'])}, failure rate "
+                f"{_rate(m)}{also}")
     return "no trial finished"
 
 
@@ -257,14 +268,24 @@ def render_html(s: dict[str, Any]) -> str:
             ["parameter", "importance (fANOVA)"],
             [[e(k), f"{v:.2f}"] for k, v in s["importance"].items()]))
     parts.extend(_risk_html(s))
+    stress = bool(s.get("stress"))
     rows = []
     for r in s["trials"]:
         m = r["measure"]
-        rows.append([str(r["number"]), e(r["state"]), e(_values(r["values"])), e(_rate(m)),
-                     str(m.get("cut", "-")), str(m.get("tokens", "-")),
-                     "-" if r["seconds"] is None else f"{r['seconds']:.0f}"])
-    parts.append("<h2>Trials</h2>" + _table(
-        ["#", "state", "parameters", "failure rate (95% CI, n)", "cut", "tokens", "s"], rows))
+        rw = r.get("reweighted")
+        rows.append([str(r["number"]), e(r["state"]), e(_values(r["values"])), e(_rate(m))]
+                    + ([e(_reweighted(rw))] if stress else [])
+                    + [str(m.get("cut", "-")), str(m.get("tokens", "-")),
+                       "-" if r["seconds"] is None else f"{r['seconds']:.0f}"])
+    head = "stress-suite failure rate (95% CI, n)" if stress else "failure rate (95% CI, n)"
+    parts.append("<h2>Trials</h2>" + (
+        "<p class='muted'>--stress: risky prompts sent more often (weights from a first "
+        f"pass of the defaults, {e(_rate(s['stress']['pilot']))}); the original mix's rate "
+        "is re-weighted (Horvitz-Thompson, Wilson interval at the effective n)</p>"
+        if stress else "") + _table(
+        ["#", "state", "parameters", head]
+        + (["original mix, re-weighted (95% CI, n_eff)"] if stress else [])
+        + ["cut", "tokens", "s"], rows))
     exs = []
     if c:
         exs = [(n, x) for n, a in c["arms"].items() for x in a.get("examples", [])]

@@ -176,3 +176,33 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path: Path) -> None:
         assert 4 <= len(trials) <= 5
         workers = {t.user_attrs["worker"] for t in trials}
         assert len(workers) == 2, workers  # both processes took trials
+
+
+def test_stress_pilots_then_reweights_every_trial(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    args = ["tune", *TINY, "--requests", "8", "--trials", "2", "--confirm", "0", "--stress",
+            "--no-report", "--json", "--out", str(out)]
+    r = degen(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    pilot = list(iter_records(out / "pilot" / "records.jsonl"))
+    assert len(pilot) == 8 and s["stress"]["pilot"]["n"] == 8
+    assert len(s["stress"]["trials"]) == 2
+    for t in s["stress"]["trials"]:
+        assert t["n"] == 8 and 0 < t["n_eff"] <= 8 + 1e-9
+        assert 0 <= t["ci95"][0] <= t["ci95"][1] <= 1
+        assert t["stress_rate"] == t["failures"] / t["n"]
+    # the trials sent the stress plan (the pilot's failing prompts drawn more), the same
+    # one in both trials: common random numbers still hold
+    summary = json.loads((out / "tune.json").read_text())
+    weights = summary["stress"]["weights"]
+    assert abs(sum(weights) - 1) < 1e-9 and len(set(weights)) > 1
+    folders = sorted((out / "trials").iterdir())
+    plans = [sorted((c.request_id, c.prompt_id, c.params.seed)
+                    for c in iter_records(f / "records.jsonl")) for f in folders]
+    assert plans[0] == plans[-1]
+    # run again: the study resumes with the same weights and runs no new pilot
+    again = degen(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "tune.json").read_text())["stress"]["weights"] == weights
+    assert len(list(iter_records(out / "pilot" / "records.jsonl"))) == 8

@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from degen.cli import compare as compare_cmd
 from degen.cli import doctor as doctor_cmd
 from degen.cli import guard as guard_cmd
 from degen.cli import memory as memory_cmd
@@ -33,6 +34,7 @@ app.command("run", help=run_cmd.HELP)(run_cmd.run)
 app.command("scan", help=scan_cmd.HELP)(scan_cmd.scan)
 app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile_cmd)
 app.command("tune", help=tune_cmd.HELP)(tune_cmd.tune)
+app.command("compare", help=compare_cmd.HELP)(compare_cmd.compare)
 app.command("report", help=tune_cmd.REPORT_HELP)(tune_cmd.report_cmd)
 app.command("guard", help=guard_cmd.HELP)(guard_cmd.guard)
 app.command("memory", help=memory_cmd.HELP)(memory_cmd.memory)

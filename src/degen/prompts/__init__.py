@@ -18,6 +18,7 @@ from typing import Any
 from degen.errors import PromptFileError
 
 BUILTIN = "builtin"
+BUILTIN_RAW = "builtin-raw"
 _ROLES = {"system", "user", "assistant", "developer", "tool"}
 
 
@@ -83,15 +84,26 @@ def parse_prompts(text: str, source: str) -> list[Prompt]:
     return out
 
 
+def as_raw(p: Prompt) -> Prompt:
+    """A chat prompt as raw text for a model without a chat template (a base model):
+    the conversation's text in a plain question-and-answer frame, same id and meta."""
+    if p.messages is None:
+        return p
+    said = "\n\n".join(m["content"] for m in p.messages if m["role"] != "assistant")
+    return Prompt(id=p.id, text=f"Question: {said}\nAnswer:", meta=p.meta)
+
+
 def load_prompts(source: str | Path | None = None) -> list[Prompt]:
-    """The built-in suite (``None`` or ``"builtin"``) or a JSONL file."""
-    if source is None or str(source) == BUILTIN:
+    """The built-in suite (``None`` or ``"builtin"``), the same suite as raw text
+    prompts for base models (``"builtin-raw"``, see :func:`as_raw`) or a JSONL file."""
+    if source is None or str(source) in (BUILTIN, BUILTIN_RAW):
         text = resources.files("degen.prompts").joinpath("suite.jsonl").read_text("utf-8")
-        return parse_prompts(text, "builtin suite")
+        suite = parse_prompts(text, "builtin suite")
+        return [as_raw(p) for p in suite] if str(source) == BUILTIN_RAW else suite
     path = Path(source)
     if not path.is_file():
-        raise PromptFileError(f"prompts file {path} does not exist; pass a JSONL file or omit "
-                              "--prompts for the built-in suite")
+        raise PromptFileError(f"prompts file {path} does not exist; pass a JSONL file, "
+                              "builtin-raw, or omit --prompts for the built-in suite")
     try:
         text = path.read_text("utf-8")
     except UnicodeDecodeError:

@@ -11,9 +11,11 @@ Statistics (the failure rates worth tuning are small, so every request counts):
 - **Early cut** (``early_cut``): the engine's watch stops a generation that loops,
   babbles or glues its words after tens of tokens (finish_reason ``repetition`` or
   ``degenerate``); it counts as a failure like a runaway.
-- **Pruning** (``prune``): a trial stops sending requests once its failure rate is
-  confidently worse than a finished trial that is at least as good on the other
-  objectives: the lower end of its Wilson 95% interval is above that trial's rate.
+- **Racing** (``prune``): a trial is compared, request by request, with the best
+  finished trial that is at least as good on the other objectives, at a quarter,
+  half and three quarters of its requests; once an exact paired test says it is
+  worse (5% error budget over the looks) it sends nothing more and its requests in
+  flight are cancelled (:mod:`degen.tune.race`).
 - **Confirmation** (``confirm``): the baseline (the engine's defaults) and the
   front of best configurations are re-run on *new* requests (another seed, so the
   winner's luck in the search does not carry over), all arms on the same requests;
@@ -35,7 +37,6 @@ trial whose worker died is failed and retried with the same parameters.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -58,8 +59,10 @@ from degen.progress import Forwarding, Progress
 from degen.prompts import Prompt
 from degen.records import Completion
 from degen.risk import prompt_categories, risk
+from degen.tune.race import Race, as_stop, outcomes
 from degen.tune.space import SearchSpace, deviation, sampling_params, with_system
 from degen.tune.storage import Interrupted, alive, locked, redact, storage_class
+from degen.tune.summary import best_risk, summarize_study
 
 OBJECTIVES = ("failure", "tokens", "latency", "deviation")
 DEFAULTS_ARM = "baseline"
@@ -89,6 +92,7 @@ class TuneConfig:
     study: str = "degen"
     sampler: str = "tpe"
     jobs: int = 1
+    stress: bool = False
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
@@ -147,6 +151,7 @@ class Tuner:
         self.log = log or (lambda s: None)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._halt = threading.Event()  # set on Ctrl-C: send nothing more
+        self.weights: tuple[float, ...] | None = None  # the stress plan's, with --stress
         self._storage: Any = None
 
     # ---- storage
@@ -190,7 +195,7 @@ class Tuner:
         mine = {"objectives": list(cfg.objectives), "kinds": list(cfg.kinds),
                 "space": cfg.space.to_dict(), "requests": cfg.requests, "runs": cfg.runs,
                 "max_tokens": cfg.max_tokens, "seed": cfg.seed, "early_cut": cfg.early_cut,
-                "rate": cfg.rate, "arrivals": cfg.arrivals}
+                "rate": cfg.rate, "arrivals": cfg.arrivals, "stress": cfg.stress}
         if "degen" in attrs:
             theirs = attrs["degen"]
             diff = sorted(k for k in mine if theirs.get(k) != mine[k])
@@ -273,13 +278,14 @@ class Tuner:
 
     # ---- one trial
     def measure(self, values: dict[str, Any], folder: Path, seed: int, requests: int,
-                stop: Callable[[list[Completion]], bool] | None = None
+                stop: Callable[[list[Completion]], bool] | None = None,
+                weights: tuple[float, ...] | None = None
                 ) -> tuple[Measure, list[Completion], bool]:
         cfg = self.cfg
         params = sampling_params(values, cfg.max_tokens)
         plan = Plan(prompts=with_system(self.prompts, values.get("system")), params=params,
                     requests=requests, runs=cfg.runs, rate=cfg.rate, arrivals=cfg.arrivals,
-                    seed=seed)
+                    seed=seed, weights=weights)
         # one run at a time per records folder, across threads and processes
         with locked(cfg.out / ".locks" / f"{folder.parent.name}-{folder.name}"):
             resume = (folder / "run.json").exists()
@@ -293,8 +299,9 @@ class Tuner:
         return Measure.of(result.completions, cfg.kinds), result.completions, result.stopped
 
     def _pruner(self, study: Any, values: dict[str, Any]) -> Callable[[list[Completion]], bool]:
-        """Stop once the failure rate is confidently worse than a finished trial that is
-        no worse on every other objective (only failure and deviation are known early)."""
+        """Race the trial against the best finished trial that is no worse on every
+        other objective (only failure and deviation are known early): see
+        :mod:`degen.tune.race`."""
         from optuna.trial import TrialState
 
         cfg = self.cfg
@@ -302,23 +309,23 @@ class Tuner:
         if not cfg.prune or any(o in ("tokens", "latency") for o in cfg.objectives):
             return lambda cs: halted()
         mine = deviation(values)
-        best: float | None = None
+        leader = None
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             r = t.user_attrs.get("measure", {}).get("rate")
             if r is None or ("deviation" in cfg.objectives and deviation(t.params) > mine):
                 continue
-            best = r if best is None else min(best, r)
-        if best is None:
+            if leader is None or r < leader[0]:
+                leader = (r, t)
+        if leader is None:
             return lambda cs: halted()
-        total = cfg.requests * cfg.runs
-
-        def stop(cs: list[Completion]) -> bool:
-            if halted():
-                return True
-            m = Measure.of(cs, cfg.kinds)
-            return m.n >= min(8, total) and m.n < total and m.ci95[0] > best
-
-        return stop
+        rate, t = leader
+        records = cfg.out / str(t.user_attrs.get("records", "")) / RECORDS
+        paired_with = None
+        if t.user_attrs.get("records") and records.exists():  # not another worker's folder
+            paired_with = outcomes(settled(iter_records(records, allow_torn_tail=True)),
+                                   cfg.kinds)
+        race = Race(cfg.requests * cfg.runs, leader=paired_with, leader_rate=rate)
+        return as_stop(race, cfg.kinds, halted)
 
     def objective(self, study: Any) -> Callable[[Any], Any]:
         import optuna
@@ -336,10 +343,16 @@ class Tuner:
             self.log(f"trial {trial.number}: " + ", ".join(
                 f"{k}={_fmt(v)}" for k, v in values.items()))
             m, cs, stopped = self.measure(values, cfg.out / "trials" / key, cfg.seed,
-                                          cfg.requests, self._pruner(study, values))
+                                          cfg.requests, self._pruner(study, values),
+                                          self.weights)
             if self._halt.is_set():
                 raise Interrupted("the study was interrupted")
             trial.set_user_attr("measure", m.to_dict())
+            if self.weights is not None:
+                from degen.stress import reweighted
+
+                trial.set_user_attr("reweighted", reweighted(cs, self.prompts, self.weights,
+                                                             cfg.kinds))
             trial.set_user_attr("examples", examples(cs, cfg.kinds))
             if stopped:
                 raise optuna.TrialPruned(f"failure rate at least {m.ci95[0]:.1%}")
@@ -357,6 +370,8 @@ class Tuner:
         from optuna.trial import TrialState
 
         study = self.open_study()
+        if self.cfg.stress:
+            self.weights = self.stress_plan(study)
         done = (TrialState.COMPLETE, TrialState.PRUNED)
         counted = len(study.get_trials(deepcopy=False, states=done))
         if counted < self.cfg.trials:
@@ -373,6 +388,27 @@ class Tuner:
             self.progress.skip(self.cfg.trials * self.cfg.requests * self.cfg.runs)
         del optuna
         return study
+
+    def stress_plan(self, study: Any) -> tuple[float, ...]:
+        """The stress plan's prompt weights: from the study when it has them (a resumed
+        or shared study), else from a first pass of the engine defaults on the plain
+        prompt mix (``OUT/pilot``)."""
+        from degen.stress import stress_weights
+
+        cfg = self.cfg
+        got = study.user_attrs.get("stress")
+        if got:
+            self.progress.skip(cfg.requests * cfg.runs)
+            return tuple(got["weights"])
+        self.log(f"stress: a first pass of the engine defaults on {cfg.requests} requests")
+        m, cs, _ = self.measure({}, cfg.out / "pilot", cfg.seed, cfg.requests,
+                                lambda cs: self._halt.is_set())
+        if self._halt.is_set():
+            raise KeyboardInterrupt
+        weights = stress_weights(cs, self.prompts, cfg.kinds)
+        study.set_user_attr("stress", {"weights": list(weights), "pilot": m.to_dict(),
+                                       "prompts": [p.id for p in self.prompts]})
+        return weights
 
     # ---- confirmation
     def front(self, study: Any) -> list[Any]:
@@ -407,19 +443,29 @@ class Tuner:
         front.sort(key=lambda t: (vs[t.number][0], vs[t.number][1:]))
         return front
 
+    def _key(self, t: Any) -> tuple[Any, ...]:
+        """What orders the front: failures and n (a tie is the same count of the
+        same requests), then deviation."""
+        m = t.user_attrs.get("measure") or {}
+        return (m.get("failures"), m.get("n"), deviation(t.params))
+
     def confirm(self, study: Any) -> dict[str, Any]:
         cfg = self.cfg
         front = self.front(study)
         arms: list[tuple[str, dict[str, Any], int | None]] = [(DEFAULTS_ARM, {}, None)]
         seen = {params_key({})}
+        last: Any = None
         for t in front:
             values = t.user_attrs.get("values") or dict(t.params)
             if params_key(values) in seen:
                 continue
+            # past confirm_top, only trials tied with the last one taken: a tie is
+            # settled on the new requests, never by which trial ran first
+            if len(arms) > cfg.confirm_top and self._key(t) != self._key(last):
+                break
             seen.add(params_key(values))
             arms.append((f"trial-{t.number}", values, t.number))
-            if len(arms) > cfg.confirm_top:
-                break
+            last = t
         results: dict[str, Any] = {}
         completions: dict[str, list[Completion]] = {}
 
@@ -476,65 +522,3 @@ def tune(engine: Engine, prompts: Sequence[Prompt], cfg: TuneConfig,
     tmp.write_text(json.dumps(summary, indent=1, default=str))
     tmp.replace(path)
     return TuneResult(summary, cfg.out, study)
-
-
-def best_risk(summary: dict[str, Any], cfg: TuneConfig,
-              categories: dict[str, str]) -> dict[str, Any]:
-    """``by_prompt`` and ``by_category`` of the best configuration: its confirmation
-    arm, or (without one) its search trial's records."""
-    best = summary.get("best")
-    if not best:
-        return {"by_prompt": [], "by_category": []}
-    conf = summary.get("confirmation")
-    if best["source"] == "confirmed" and conf:
-        arm = conf["arms"][conf["best"]]
-        return {"by_prompt": arm["by_prompt"], "by_category": arm["by_category"]}
-    records = cfg.out / "trials" / params_key(best["values"]) / RECORDS
-    cs = settled(iter_records(records, allow_torn_tail=True)) if records.exists() else []
-    return risk(cs, cfg.kinds, categories)
-
-
-def summarize_study(study: Any, cfg: TuneConfig, confirmation: dict[str, Any] | None
-                    ) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
-    rows = []
-    tokens = 0
-    for t in study.get_trials(deepcopy=False):
-        m = t.user_attrs.get("measure") or {}
-        tokens += m.get("tokens", 0)
-        rows.append({"number": t.number, "state": t.state.name.lower(),
-                     "values": t.user_attrs.get("values") or dict(t.params),
-                     "measure": m, "deviation": deviation(t.params),
-                     "objectives": t.values, "records": t.user_attrs.get("records"),
-                     "worker": t.user_attrs.get("worker"),
-                     "examples": t.user_attrs.get("examples", []),
-                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-                     if t.datetime_complete and t.datetime_start else None})
-    if confirmation:
-        for arm in confirmation["arms"].values():
-            tokens += arm["measure"]["tokens"]
-    complete = [r for r in rows if r["state"] == "complete"]
-    best = None
-    if confirmation and confirmation["best"]:
-        arm = confirmation["arms"][confirmation["best"]]
-        best = {"values": arm["values"], "trial": arm["trial"], "source": "confirmed"}
-    elif complete:
-        r = min(complete, key=lambda r: (r["measure"].get("rate") or 0, r["deviation"]))
-        best = {"values": r["values"], "trial": r["number"], "source": "search"}
-    importance = None
-    if len(complete) >= 4 and len(cfg.space.dims) > 1:
-        with contextlib.suppress(Exception):  # importance needs varied finished trials
-            import optuna
-
-            importance = optuna.importance.get_param_importances(
-                study, target=(lambda t: t.values[0]) if len(cfg.objectives) > 1 else None)
-    return {
-        "kind": "degen.tune", "study": cfg.study, "config": cfg.to_dict(),
-        "trials": rows, "n_complete": len(complete),
-        "n_pruned": sum(r["state"] == "pruned" for r in rows),
-        "generated_tokens": tokens, "best": best, "confirmation": confirmation,
-        "importance": importance,
-        "states": {s.name.lower(): sum(t.state == s for t in study.get_trials(deepcopy=False))
-                   for s in TrialState},
-    }
