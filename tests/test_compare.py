@@ -146,3 +146,23 @@ def test_the_same_gguf_in_process_and_through_llamacpp(tmp_path: Path, llamacpp_
     _check(s, ["in-process", "llama.cpp"], 6)
     assert s["engines"]["llama.cpp"]["engine"] == "openai"
     assert s["arms"][1]["latency_p50_s"] is not None
+
+
+def test_an_arms_engine_settings_reach_its_engine() -> None:
+    from degen.compare import arm_engine
+    from degen.testing.scripted import ScriptedServer
+
+    with ScriptedServer(["ok"]) as srv:
+        eng = arm_engine(Arm.parse(f"s:engine=openai,base_url={srv.base_url},retries=0,"
+                                   "guard=true,model=m,dialect=vllm"))
+        try:
+            assert (eng.name, eng.stream, eng.max_retries, eng.dialect, eng.model) == \
+                ("openai", True, 0, "vllm", "m")
+            assert eng.guard
+        finally:
+            eng.close()
+    local = arm_engine(Arm.parse("l:batch_size=3,guard=true"))
+    try:
+        assert (local.name, local.batch_size, local.guard) == ("local", 3, True)
+    finally:
+        local.close()

@@ -31,12 +31,16 @@ _EXPORTS = {
     "run_load": "degen.load.runner",
     "iter_records": "degen.load.store",
     "summarize": "degen.summary",
+    "Arm": "degen.compare",
+    "CompareConfig": "degen.compare",
+    "run_compare": "degen.compare",
     "wilson_interval": "degen.stats",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from degen.compare import Arm, CompareConfig, run_compare  # noqa: F401
     from degen.engines.base import Engine, available_engines, create_engine, register_engine  # noqa: F401
     from degen.errors import DegenError, UsageError  # noqa: F401
     from degen.load.runner import run_load  # noqa: F401

@@ -149,12 +149,36 @@ class CompareConfig:
     resume: bool = False
 
 
+_LOCAL_OPTIONS = ("model", "batch_size", "device", "dtype", "logprobs")
+_OPENAI_OPTIONS = {"base_url": "base_url", "api_key": "api_key", "model": "model",
+                   "api": "api", "stream": "stream", "dialect": "dialect",
+                   "timeout": "timeout", "retries": "max_retries", "logprobs": "logprobs"}
+
+
+def arm_engine(arm: Arm) -> Any:
+    """The engine of an arm: the bundled model in-process unless it says otherwise
+    (``guard=true`` on a server streams, as the cut needs the stream)."""
+    from degen.engines import create_engine
+
+    e = arm.engine
+    name = e.get("engine", "local")
+    opts: dict[str, Any] = {"guard": e.get("guard", False)}
+    if name == "local":
+        opts.update({k: e[k] for k in _LOCAL_OPTIONS if k in e})
+    else:
+        opts.update({dest: e[k] for k, dest in _OPENAI_OPTIONS.items() if k in e})
+        opts.setdefault("stream", bool(opts["guard"]))
+        opts.setdefault("base_url", "http://127.0.0.1:8000/v1")
+    return create_engine(name, **opts)
+
+
 def run_compare(arms: Sequence[Arm], prompts: Sequence[Prompt], cfg: CompareConfig,
-                make_engine: Callable[[Arm], Any], progress: Progress | None = None,
-                detectors: Any = None, log: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
+                make_engine: Callable[[Arm], Any] = arm_engine,
+                progress: Progress | None = None, detectors: Any = None,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every arm on the same plan (one after the other), write ``compare.json``
-    and return it. ``make_engine(arm)`` builds an arm's engine; it is closed after."""
+    and return it. ``make_engine(arm)`` builds an arm's engine (default
+    :func:`arm_engine`); it is closed after the arm."""
     check_arms(arms)
     log = log or (lambda s: None)
     progress = progress or Progress(len(arms) * cfg.requests * cfg.runs)

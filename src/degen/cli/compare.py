@@ -85,7 +85,7 @@ def compare(
     show = not quiet and sys.stderr.isatty()
     progress = (RichProgress if show else Progress)(total, "compare")
     try:
-        s = run_compare(arms, ps, cfg, make_engine, progress=progress,
+        s = run_compare(arms, ps, cfg, progress=progress,
                         detectors=default_detectors(), log=log)
     except KeyboardInterrupt:
         err(f"interrupted; continue with the same flags plus --resume --out {out}", err=True)
@@ -100,23 +100,6 @@ def compare(
         typer.echo(verdict(p))
     if path:
         typer.echo(f"report: {path}")
-
-
-def make_engine(arm: Any) -> Any:
-    """The engine of an arm (the bundled model in-process unless it says otherwise)."""
-    from degen.engines import create_engine
-
-    e = dict(arm.engine)
-    name = e.pop("engine", "local")
-    guard = e.pop("guard", False)
-    opts = o.engine_options(
-        name, model=e.get("model"), base_url=e.get("base_url", "http://127.0.0.1:8000/v1"),
-        api_key=e.get("api_key"), api=e.get("api", "auto"),
-        stream=e.get("stream", guard), dialect=e.get("dialect", "auto"),
-        timeout=e.get("timeout", 120.0), retries=e.get("retries", 3),
-        batch_size=e.get("batch_size", 32), device=e.get("device", "auto"),
-        dtype=e.get("dtype", "auto"), logprobs=e.get("logprobs"))
-    return create_engine(name, guard=guard, **opts)
 
 
 def _public(s: dict[str, Any]) -> dict[str, Any]:
