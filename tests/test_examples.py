@@ -60,3 +60,14 @@ def test_readme_memory_example_is_what_the_command_prints() -> None:
     assert r.returncode == 0, r.stderr
     shown = part.split("`memory` counts")[1].split("```")[1].strip("\n").splitlines()
     assert len(shown) > 10 and all(line in r.stdout.splitlines() for line in shown)
+
+
+def test_readme_compare_snippet_runs(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## From Python")[1].split("```python")[2].split("```")[0]
+    code = code.replace("requests=16", "requests=2").replace("max_tokens=128", "max_tokens=12")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "('default', " in r.stdout and "('cool', " in r.stdout
+    assert (tmp_path / "runs" / "cmp" / "compare.json").is_file()

@@ -22,7 +22,8 @@ every engine:
   ``event`` is set (a ``threading.Event``): a request still queued is never started,
   one in flight stops at its next token (the local engine drops its row from the
   batch; the openai engine closes the stream, which makes vLLM and llama.cpp abort
-  the generation). It comes back with ``finish_reason="cancelled"``, its partial
+  the generation; a non-streaming request can only be withdrawn before it is sent
+  or between retries). It comes back with ``finish_reason="cancelled"``, its partial
   text and tokens, and is neither a failure nor a success.
 - Timings are wall-clock (``time.time()``); ``started_at`` is when the engine began
   work on the request, not when it was queued.
