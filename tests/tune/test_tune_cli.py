@@ -54,6 +54,10 @@ def test_tune_json_has_best_baseline_and_report(tuned) -> None:
     conf = next((out / "confirm").iterdir())
     cseeds = {c.params.seed for c in iter_records(conf / "records.jsonl")}
     assert not cseeds & {x[2] for x in seeds[0]}
+    # what the decision cost, split by phase
+    t = s["tokens"]
+    assert t["search"] + t["confirmation"] + t["stress_pilot"] == s["generated_tokens"] > 0
+    assert t["confirmation"] > 0 and t["stress_pilot"] == 0
     # which prompts fail, for the confirmed best configuration: 6 requests in all
     assert sum(r["n"] for r in s["by_prompt"]) == 6 == sum(r["n"] for r in s["by_category"])
     assert sum(r["failures"] for r in s["by_prompt"]) == s["best_confirmed"]["failures"]
@@ -187,6 +191,7 @@ def test_stress_pilots_then_reweights_every_trial(tmp_path: Path) -> None:
     s = json.loads(r.stdout)
     pilot = list(iter_records(out / "pilot" / "records.jsonl"))
     assert len(pilot) == 8 and s["stress"]["pilot"]["n"] == 8
+    assert s["tokens"]["stress_pilot"] == sum(c.completion_tokens or 0 for c in pilot) > 0
     assert len(s["stress"]["trials"]) == 2
     for t in s["stress"]["trials"]:
         assert t["n"] == 8 and 0 < t["n_eff"] <= 8 + 1e-9

@@ -182,13 +182,20 @@ def tune(
                "best_confirmed": arms.get(c.get("best"), {}).get("measure") if c else None,
                "comparison": c.get("comparison"), "trials": len(s["trials"]),
                "complete": s["n_complete"], "pruned": s["n_pruned"],
-               "generated_tokens": s["generated_tokens"], "out": str(out),
+               "generated_tokens": s["generated_tokens"], "tokens": s["tokens"],
+               "out": str(out),
                "by_prompt": s["by_prompt"], "by_category": s["by_category"],
                "stress": _stress(s),
                "report": str(path) if path else None}
         sys.stdout.write(json.dumps(obj) + "\n")
     else:
         typer.echo(headline(s))
+        t = s["tokens"]
+        typer.echo(f"tokens for this decision: {s['generated_tokens']:,} (search "
+                   f"{t['search']:,}" + (f", stress pilot {t['stress_pilot']:,}"
+                                         if t["stress_pilot"] else "")
+                   + f", confirmation {t['confirmation']:,}; {s['n_pruned']} of "
+                   f"{len(s['trials'])} trials dropped by the race)")
         print_risk(s)
         if path:
             typer.echo(f"report: {path}")

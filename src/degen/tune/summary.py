@@ -51,9 +51,10 @@ def summarize_study(study: Any, cfg: TuneConfig, confirmation: dict[str, Any] | 
                      "examples": t.user_attrs.get("examples", []),
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                      if t.datetime_complete and t.datetime_start else None})
-    if confirmation:
-        for arm in confirmation["arms"].values():
-            tokens += arm["measure"]["tokens"]
+    search = tokens
+    pilot = ((study.user_attrs.get("stress") or {}).get("pilot") or {}).get("tokens", 0)
+    confirm = sum(a["measure"]["tokens"] for a in (confirmation or {}).get("arms", {}).values())
+    tokens = search + pilot + confirm
     complete = [r for r in rows if r["state"] == "complete"]
     best = None
     if confirmation and confirmation["best"]:
@@ -79,7 +80,9 @@ def summarize_study(study: Any, cfg: TuneConfig, confirmation: dict[str, Any] | 
         "kind": "degen.tune", "study": cfg.study, "config": cfg.to_dict(),
         "trials": rows, "n_complete": len(complete),
         "n_pruned": sum(r["state"] == "pruned" for r in rows),
-        "generated_tokens": tokens, "best": best, "confirmation": confirmation,
+        "generated_tokens": tokens,
+        "tokens": {"search": search, "stress_pilot": pilot, "confirmation": confirm},
+        "best": best, "confirmation": confirmation,
         "importance": importance,
         "stress": study.user_attrs.get("stress"),
         "states": {s.name.lower(): sum(t.state == s for t in study.get_trials(deepcopy=False))
