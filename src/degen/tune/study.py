@@ -37,6 +37,7 @@ trial whose worker died is failed and retried with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -225,10 +226,20 @@ class Tuner:
     def abandon(self, study: Any) -> None:
         """This worker's running trials are failed and queued again with the same
         parameters (an interrupted study resumes them, and their records, next time)."""
+        from optuna.trial import TrialState
+
         study._stop_flag = True  # Optuna's loop starts no further trial
         started = self._storage.close() if self._storage is not None else set()
         for t in self._running(study):
             if t._trial_id in started or t.user_attrs.get("worker") == self.worker:
+                self._retry(study, t)
+        # the interrupt cancels a trial's requests at once, so Optuna may have failed
+        # one of ours (its objective raised Interrupted) before the loop above saw it
+        # running: queue those again too, once
+        retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,))}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t._trial_id in started and t.number not in retried:
                 self._retry(study, t)
 
     @staticmethod
@@ -239,13 +250,16 @@ class Tuner:
 
     @staticmethod
     def _retry(study: Any, t: Any) -> bool:
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.storages import RetryHeartbeatStaleTrialCallback
         from optuna.trial import TrialState
 
-        if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        with contextlib.suppress(UpdateFinishedTrialError):  # Optuna ended it meanwhile
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        frozen = study._storage.get_trial(t._trial_id)
+        if frozen.state != TrialState.FAIL:  # it finished: keep it
             return False
-        RetryHeartbeatStaleTrialCallback(max_retry=3)(study,
-                                                      study._storage.get_trial(t._trial_id))
+        RetryHeartbeatStaleTrialCallback(max_retry=3)(study, frozen)
         return True
 
     def _background(self, jobs: Sequence[Callable[[], Any]]) -> None:
