@@ -332,8 +332,14 @@ def write_report(folder: Path | str) -> Path:
     """Write ``report.html`` and ``report.md`` into ``folder``; returns the HTML path."""
     folder = Path(folder)
     s = load_summary(folder)
+    return write_pages(folder, render_html(s), render_markdown(s))
+
+
+def write_pages(folder: Path, html_text: str, markdown: str) -> Path:
+    """Write ``report.html`` and ``report.md`` into ``folder``, each atomically (a
+    temporary file renamed into place); returns the HTML path."""
     out = folder / "report.html"
-    for path, text in ((out, render_html(s)), (folder / "report.md", render_markdown(s))):
+    for path, text in ((out, html_text), (folder / "report.md", markdown)):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from degen.errors import UsageError
-from degen.report import _CSS, _example, _pct, _table
+from degen.report import _CSS, _example, _table, write_pages
+from degen.report import _ci as _rate
 
 
 def load_compare(folder: Path) -> dict[str, Any]:
@@ -22,11 +23,6 @@ def load_compare(folder: Path) -> dict[str, Any]:
     if data.get("kind") != "degen.compare":
         raise UsageError(f"{path} is not a degen compare summary")
     return data
-
-
-def _rate(r: dict[str, Any]) -> str:
-    lo, hi = r["ci95"]
-    return f"{_pct(r['failure_rate'])} ({_pct(lo)}-{_pct(hi)}, {r['failures']}/{r['n']})"
 
 
 def _settings(a: dict[str, Any]) -> str:
@@ -128,9 +124,4 @@ def write_compare_report(folder: Path | str) -> Path:
     """Write ``report.html`` and ``report.md`` for the comparison in ``folder``."""
     folder = Path(folder)
     s = load_compare(folder)
-    out = folder / "report.html"
-    for path, text in ((out, render_html(s)), (folder / "report.md", render_markdown(s))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    return out
+    return write_pages(folder, render_html(s), render_markdown(s))
