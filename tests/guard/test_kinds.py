@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from degen.guard.metrics import sample
 from degen.testing.scripted import ScriptedServer
 from tests.guard.test_proxy import events, text_of
 from tests.guard.texts import BABBLE, GLUED, LOOP
@@ -63,9 +64,9 @@ def test_each_kind_is_cut_with_its_finish_reason(make_guard, text, kind, reason,
     assert len(got) < len(text) and text.startswith(got)  # cut before the end
     assert d["start_char"] < len(got)
     m = g.guard.metrics
-    assert m.cuts.value(kind=kind) == 1 and m.detected.value(kind=kind) == 1
-    assert m.responses.value(endpoint="/v1/chat/completions", finish_reason=reason) == 1
-    assert f'degen_guard_cuts_total{{kind="{kind}"}} 1' in m.render()
+    assert m.cuts.total(kind=kind) == 1 and m.detected.total(kind=kind) == 1
+    assert m.responses.total(endpoint="/v1/chat/completions", finish_reason=reason) == 1
+    assert sample(m.render(), "degen:cuts_total", kind=kind) == 1
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -89,9 +90,9 @@ def test_cut_reason_length_for_strict_clients(make_guard, stream: bool) -> None:
         assert last["choices"][0]["finish_reason"] == "length"
         assert last["degen"]["kind"] == "loop"
     m = g.guard.metrics  # counted under the true reason
-    assert m.responses.value(endpoint="/v1/chat/completions", finish_reason="degenerate") == 1
-    assert m.responses.value(endpoint="/v1/chat/completions", finish_reason="repetition") == 1
-    assert m.responses.value(endpoint="/v1/chat/completions", finish_reason="length") == 0
+    assert m.responses.total(endpoint="/v1/chat/completions", finish_reason="degenerate") == 1
+    assert m.responses.total(endpoint="/v1/chat/completions", finish_reason="repetition") == 1
+    assert m.responses.total(endpoint="/v1/chat/completions", finish_reason="length") == 0
 
 
 def test_no_cut_gibberish_lets_babble_through_and_still_cuts_loops(make_guard) -> None:
@@ -103,8 +104,8 @@ def test_no_cut_gibberish_lets_babble_through_and_still_cuts_loops(make_guard) -
         last, _ = ask(g, LOOP, stream=True)
         assert last["choices"][0]["finish_reason"] == "repetition"
     m = g.guard.metrics
-    assert m.detected.value(kind="gibberish") == 1 and m.cuts.value(kind="gibberish") == 0
-    assert m.cuts.value(kind="loop") == 1
+    assert m.detected.total(kind="gibberish") == 1 and m.cuts.total(kind="gibberish") == 0
+    assert m.cuts.total(kind="loop") == 1
 
 
 # ---------------------------------------------------------------- log-probabilities
@@ -202,7 +203,7 @@ def test_an_upstream_that_refuses_logprobs_is_asked_again_without(make_guard,
     assert first["logprobs"] is True and "logprobs" not in retry
     assert "logprobs" not in second  # not asked again for that model
     assert caplog.text.count("refused logprobs for model m") == 1
-    assert g.guard.metrics.upstream_errors.value(status="400") == 0
+    assert g.guard.metrics.upstream_errors.total(status="400") == 0
 
 
 def test_a_client_error_is_still_the_clients(make_guard) -> None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from degen.guard.metrics import Counter, Gauge, GuardMetrics, Histogram
+from degen.guard.metrics import Counter, Gauge, GuardMetrics, Histogram, sample
 
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})?'
                     r" (-?[0-9.e+]+|\+Inf|-Inf|NaN)$")
@@ -53,16 +53,45 @@ def test_histogram_is_cumulative() -> None:
 
 def test_the_guards_page_is_valid_and_names_its_metrics() -> None:
     m = GuardMetrics()
-    m.requests.inc(endpoint="/v1/chat/completions", stream="true")
-    m.cuts.inc(kind="loop")
-    m.tokens_saved.inc(8000)
-    m.duration.observe(0.3, endpoint="/v1/chat/completions")
-    m.cut_after.observe(40)
+    m.requests.inc(model="m", endpoint="/v1/chat/completions", stream="true")
+    m.cuts.inc(model="m", kind="loop")
+    m.tokens_saved.inc(8000, model="m")
+    m.duration.observe(0.3, model="m", endpoint="/v1/chat/completions")
+    m.cut_after.observe(40, kind="loop")
     text = m.render()
     check_format(text)
-    for name in ("degen_guard_requests_total", "degen_guard_cuts_total",
-                 "degen_guard_tokens_saved_total", "degen_guard_upstream_errors_total",
-                 "degen_guard_request_duration_seconds", "degen_guard_in_flight",
-                 "degen_guard_vetoes_total", "degen_guard_client_disconnects_total"):
+    for name in ("degen:requests_total", "degen:cuts_total", "degen:tokens_saved_total",
+                 "degen:upstream_errors_total", "degen:e2e_request_latency_seconds",
+                 "degen:num_requests_running", "degen:vetoes_total",
+                 "degen:client_disconnects_total", "degen:retries_total",
+                 "degen:upstream_up"):
         assert f"# TYPE {name} " in text
-    assert "degen_guard_tokens_saved_total 8000" in text
+    assert 'degen:tokens_saved_total{model="m"} 8000' in text
+    # the style of vLLM's metrics and Prometheus's conventions
+    for metric in m.all():
+        assert metric.name.startswith("degen:")
+        if metric.kind == "counter":
+            assert metric.name.endswith("_total"), metric.name
+        assert "duration" not in metric.name and "_ms" not in metric.name
+
+
+def test_workers_pages_add_up_and_a_gone_workers_gauges_do_not_count() -> None:
+    a, b = GuardMetrics(), GuardMetrics()
+    a.cuts.inc(model="m", kind="loop")
+    b.cuts.inc(2, model="m", kind="loop")
+    b.cuts.inc(model="m", kind="spacing")
+    a.running.inc()
+    b.running.inc(3)
+    a.cut_after.observe(40, kind="loop")
+    b.cut_after.observe(4000, kind="loop")
+    total = GuardMetrics()
+    total.add(a.snapshot())
+    total.add(b.snapshot(), gauges=False)
+    text = total.render()
+    check_format(text)
+    assert sample(text, "degen:cuts_total", kind="loop") == 3
+    assert sample(text, "degen:cuts_total", kind="spacing") == 1
+    assert sample(text, "degen:num_requests_running") == 1
+    assert sample(text, "degen:cut_after_tokens_count") == 2
+    assert sample(text, "degen:cut_after_tokens_bucket", le="64") == 1
+    assert sample(text, "degen:cut_after_tokens_sum") == 4040

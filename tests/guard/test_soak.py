@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
 import httpx
 
+from degen.guard.metrics import sample
 from degen.testing.scripted import ScriptedServer
 from tests.guard.conftest import GuardProcess
 
@@ -57,16 +57,14 @@ async def soak_round(url: str) -> dict[str, int]:
     return {k: got.count(k) for k in set(got)}
 
 
-def metric(base: str, name: str) -> float:
-    text = httpx.get(base + "/metrics").text
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+def metric(base: str, name: str, **labels: str) -> float:
+    return sample(httpx.get(base + "/metrics").text, name, **labels)
 
 
 def settled(up: ScriptedServer, g: GuardProcess, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if up.open_connections == 0 and metric(g.base, "degen_guard_in_flight") == 0:
+        if up.open_connections == 0 and metric(g.base, "degen:num_requests_running") == 0:
             return True
         time.sleep(0.05)
     return False
@@ -83,8 +81,8 @@ def test_200_concurrent_streams_leak_no_connection_and_no_memory() -> None:
             assert time.monotonic() - t0 < 30
             assert settled(up, g), up.open_connections
             sizes.append(g.rss())
-        assert metric(g.base, 'degen_guard_cuts_total{kind="loop"}') == 6 * N // 4
-        assert metric(g.base, "degen_guard_client_disconnects_total") == 6 * N // 4
+        assert metric(g.base, "degen:cuts_total", kind="loop") == 6 * N // 4
+        assert metric(g.base, "degen:client_disconnects_total") == 6 * N // 4
         assert 'status="502"' not in httpx.get(g.base + "/metrics").text
         code, err = g.stop()
     assert code == 0, err

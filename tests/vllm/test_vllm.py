@@ -26,6 +26,7 @@ from degen.engines import hf
 from degen.engines.local import LocalEngine
 from degen.engines.openai import OpenAIEngine
 from degen.guard import GuardConfig
+from degen.guard.metrics import sample
 from degen.prompts import load_prompts
 from degen.records import Completion, Request, SamplingParams
 from degen.testing.vllm import VLLMServer, vllm_python
@@ -236,9 +237,9 @@ def test_the_guard_counts_vllms_own_stop_and_can_report_it_as_length(
         assert r["choices"][0]["finish_reason"] == "length"
         assert r["usage"]["completion_tokens"] < 200 and "degen" not in r
         metrics = httpx.get(g.url.removesuffix("/v1") + "/metrics", timeout=10).text
-        assert 'degen_guard_upstream_cuts_total{finish_reason="repetition"} 1' in metrics
-        assert ('degen_guard_responses_total{endpoint="/v1/chat/completions",'
-                'finish_reason="repetition"} 1') in metrics
+        assert sample(metrics, "degen:upstream_cuts_total", finish_reason="repetition") == 1
+        assert sample(metrics, "degen:responses_total", endpoint="/v1/chat/completions",
+                      finish_reason="repetition") == 1
     finally:
         g.stop()
 

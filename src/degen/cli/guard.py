@@ -25,16 +25,30 @@ PARAMS = "Request parameters"
 WATCH = "Watching and cutting"
 
 
+OPS = "Operations"
+RETRY = "Better than a cut"
+
+
 def guard(
-    upstream: Annotated[str, typer.Option(
+    upstream: Annotated[list[str] | None, typer.Option(
         help="The server to guard, e.g. http://127.0.0.1:8000 (vLLM) or "
-        "http://127.0.0.1:8080 (llama.cpp); /v1 is added when the path is empty.",
-        show_default=False, rich_help_panel=SERVER)],
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every "
-                                      "interface; then set --api-key).",
-                                      rich_help_panel=SERVER)] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", rich_help_panel=SERVER)]
-        = 8100,
+        "http://127.0.0.1:8080 (llama.cpp); /v1 is added when the path is empty. NAME=URL "
+        "(repeatable) routes requests whose model is NAME (or that the upstream lists in "
+        "/v1/models) to URL; a bare URL is the default for the rest.",
+        show_default=False, rich_help_panel=SERVER)] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="A TOML file with any of these settings (flags win); see "
+        "docs/guard-operations.md.", show_default=False, rich_help_panel=SERVER)] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (0.0.0.0: every "
+                                             "interface; then set --api-key). [default: "
+                                             "127.0.0.1]", show_default=False,
+                                             rich_help_panel=SERVER)] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on. [default: 8100]",
+                                             show_default=False, rich_help_panel=SERVER)]
+        = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes serving the port (one per core; metrics add up across them). "
+        "[default: 1]", show_default=False, rich_help_panel=SERVER)] = None,
     api_key: Annotated[str | None, typer.Option(
         envvar="DEGEN_GUARD_API_KEY", help="Clients must send 'Authorization: Bearer KEY' "
         "(default: $DEGEN_GUARD_API_KEY; none = no check).", show_default=False,
@@ -43,16 +57,16 @@ def guard(
         envvar="DEGEN_UPSTREAM_KEY", help="Bearer key sent upstream in place of the "
         "client's Authorization (default: $DEGEN_UPSTREAM_KEY; none = forward the "
         "client's).", show_default=False, rich_help_panel=SERVER)] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds without data from the upstream "
-                                           "before a request fails with 504.",
-                                           rich_help_panel=SERVER)] = 600.0,
-    max_body: Annotated[str, typer.Option(help="Largest request body accepted (413 above): "
-                                          "bytes or 512KiB, 1MiB, ...",
-                                          rich_help_panel=SERVER)] = "1MiB",
-    max_tokens_cap: Annotated[int, typer.Option(
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds without data from the upstream before a request fails with 504. "
+        "[default: 600]", show_default=False, rich_help_panel=SERVER)] = None,
+    max_body: Annotated[str | None, typer.Option(
+        help="Largest request body accepted (413 above): bytes or 512KiB, 1MiB, ... "
+        "[default: 1MiB]", show_default=False, rich_help_panel=SERVER)] = None,
+    max_tokens_cap: Annotated[int | None, typer.Option(
         help="Most tokens a request may generate; a request that asks for more, or names "
-        "no limit, gets this (max_tokens and max_completion_tokens).",
-        rich_help_panel=PARAMS)] = 8192,
+        "no limit, gets this (max_tokens and max_completion_tokens). [default: 8192]",
+        show_default=False, rich_help_panel=PARAMS)] = None,
     default: Annotated[list[str] | None, typer.Option(
         help="name=value set on requests that do not send it, e.g. temperature=0.7 "
         "(repeatable; the value is read as JSON when it is JSON).", show_default=False,
@@ -60,87 +74,98 @@ def guard(
     override: Annotated[list[str] | None, typer.Option(
         help="name=value set on every request, e.g. min_p=0.1 (repeatable).",
         show_default=False, rich_help_panel=PARAMS)] = None,
-    params_from: Annotated[Path | None, typer.Option(
+    params_from: Annotated[str | None, typer.Option(
         help="Folder of a finished `degen tune` (its tune.json): its best parameters become "
         "defaults (--default wins over them, the client over both).", show_default=False,
         rich_help_panel=PARAMS)] = None,
-    dialect: Annotated[str, typer.Option(
+    dialect: Annotated[str | None, typer.Option(
         help="Parameter names of the upstream for --params-from: auto (from /v1/models), "
-        "vllm, llamacpp or openai.", rich_help_panel=PARAMS)] = "auto",
-    cut: Annotated[str, typer.Option(
+        "vllm, llamacpp or openai. [default: auto]", show_default=False,
+        rich_help_panel=PARAMS)] = None,
+    cut: Annotated[str | None, typer.Option(
         "--cut", metavar="KINDS", help="Kinds that end a generation, comma-separated: loop, "
-        "gibberish, spacing, or all. Every kind is watched and counted in /metrics either "
-        "way.", rich_help_panel=WATCH)] = "all",
+        "gibberish, spacing, or all (the default). Every kind is watched and counted in "
+        "/metrics either way.", show_default=False, rich_help_panel=WATCH)] = None,
     no_cut: Annotated[str | None, typer.Option(
         "--no-cut", metavar="KINDS", help="Kinds not to cut (taken out of --cut); --no-cut "
         "all only watches and counts (a dry run for a rollout).", show_default=False,
         rich_help_panel=WATCH)] = None,
-    cut_reason: Annotated[str, typer.Option(
+    cut_reason: Annotated[str | None, typer.Option(
         help="finish_reason of a cut: kind (\"repetition\" for a loop, \"degenerate\" for "
-        "gibberish and glued words) or length (for clients that accept only OpenAI's "
-        "values; the degen field still names the kind).", rich_help_panel=WATCH)] = "kind",
-    logprobs: Annotated[bool, typer.Option(
+        "gibberish and glued words; the default) or length (for clients that accept only "
+        "OpenAI's values; the degen field still names the kind).", show_default=False,
+        rich_help_panel=WATCH)] = None,
+    logprobs: Annotated[bool | None, typer.Option(
         "--logprobs/--no-logprobs", help="Ask the upstream for the sampled tokens' "
         "log-probabilities when the client did not (they sharpen the gibberish judgment "
-        "and are taken out of the client's answer).", rich_help_panel=WATCH)] = True,
-    log_content: Annotated[bool, typer.Option(help="Log prompts and outputs (never logged "
-                                              "otherwise).")] = False,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+        "and are taken out of the client's answer). [default: --logprobs]",
+        show_default=False, rich_help_panel=WATCH)] = None,
+    holdback: Annotated[int | None, typer.Option(
+        help="Tokens held back before they are relayed: on a cut the degenerate start is "
+        "never shown and the answer ends at its last clean sentence (costs N tokens of "
+        "latency). [default: 0]", show_default=False, rich_help_panel=RETRY)] = None,
+    on_degenerate: Annotated[str | None, typer.Option(
+        help="cut, or retry: a request cut before any of its text reached the client (a "
+        "non-streaming one, or one still held back) is sent once more with "
+        "--retry-param on top, and the client gets that answer. [default: cut]",
+        show_default=False, rich_help_panel=RETRY)] = None,
+    retry_param: Annotated[list[str] | None, typer.Option(
+        help="name=value for the retry, e.g. temperature=0.3 (repeatable).",
+        show_default=False, rich_help_panel=RETRY)] = None,
+    retry_params_from: Annotated[str | None, typer.Option(
+        help="Folder of a finished `degen tune`: its best parameters are the retry's.",
+        show_default=False, rich_help_panel=RETRY)] = None,
+    shutdown_timeout: Annotated[float | None, typer.Option(
+        help="Seconds open streams may take to finish after SIGTERM or Ctrl-C; what is "
+        "left is cut and counted. [default: 30]", show_default=False,
+        rich_help_panel=OPS)] = None,
+    log_format: Annotated[str | None, typer.Option(
+        help="text or json (one object a line). [default: text]", show_default=False,
+        rich_help_panel=OPS)] = None,
+    log_content: Annotated[bool | None, typer.Option(
+        "--log-content/--no-log-content", help="Log prompts and outputs (never logged "
+        "otherwise).", show_default=False, rich_help_panel=OPS)] = None,
+    log_level: Annotated[str | None, typer.Option(
+        help="debug, info, warning or error. [default: info]", show_default=False,
+        rich_help_panel=OPS)] = None,
 ) -> None:
-    import dataclasses
-    import logging
+    from degen.guard import settings
 
-    from degen.errors import InvalidParams
-    from degen.guard.config import (
-        GuardConfig,
-        load_tuned,
-        parse_assignments,
-        parse_kinds,
-        parse_size,
-        resolve_dialect,
-        tuned_fields,
-    )
+    file = settings.read(config) if config is not None else {}
+    cfg = settings.build(file, {
+        "upstreams": upstream, "host": host, "port": port, "workers": workers,
+        "api_key": api_key, "upstream_key": upstream_key, "timeout": timeout,
+        "max_body": max_body, "max_tokens_cap": max_tokens_cap, "default": default,
+        "override": override, "params_from": params_from, "dialect": dialect, "cut": cut,
+        "no_cut": no_cut, "cut_reason": cut_reason, "logprobs": logprobs,
+        "holdback": holdback, "on_degenerate": on_degenerate, "retry_param": retry_param,
+        "retry_params_from": retry_params_from, "shutdown_timeout": shutdown_timeout,
+        "log_format": log_format, "log_content": log_content, "log_level": log_level})
 
-    levels = ("debug", "info", "warning", "error")
-    if log_level not in levels:
-        raise InvalidParams(f"--log-level must be one of {', '.join(levels)}, got {log_level!r}")
-    if dialect not in ("auto", "vllm", "llamacpp", "openai"):
-        raise InvalidParams(f"--dialect must be auto, vllm, llamacpp or openai, got {dialect!r}")
-    kinds = parse_kinds(cut, "--cut") - parse_kinds(no_cut, "--no-cut")
-    explicit = parse_assignments(default or (), "--default")
-    overrides = parse_assignments(override or (), "--override")
-    cfg = GuardConfig(upstream=upstream, host=host, port=port, api_key=api_key,
-                      upstream_key=upstream_key, max_tokens_cap=max_tokens_cap,
-                      defaults=explicit, overrides=overrides, max_body=parse_size(max_body),
-                      timeout=timeout, cut_kinds=kinds, cut_reason=cut_reason,
-                      logprobs=logprobs, log_content=log_content)
+    from degen.guard.logs import setup
+    from degen.guard.workers import serve
+
+    setup(cfg)
     warn = typer.echo
-    if params_from is not None:
-        values = load_tuned(params_from)
-        if dialect == "auto":
-            dialect = resolve_dialect(cfg.upstream, upstream_key)
-        fields, system, warnings = tuned_fields(values, dialect)
-        for w in warnings:
-            warn(f"warning: {w}", err=True)
-        cfg = dataclasses.replace(cfg, defaults={**fields, **explicit}, system=system)
-
-    import uvicorn
-
-    from degen.guard import create_app
-
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    app = create_app(cfg)
     applied = ", ".join(f"{k}={v}" for k, v in cfg.defaults.items()) or "none"
-    warn(f"degen guard on {cfg.url} -> {cfg.upstream} (max_tokens cap {cfg.max_tokens_cap}, "
+    targets = ", ".join(f"{u.label} {u.url}" if u.name else u.url for u in cfg.routes())
+    extras = []
+    if cfg.workers > 1:
+        extras.append(f"{cfg.workers} workers")
+    if cfg.holdback:
+        extras.append(f"holdback {cfg.holdback}")
+    if cfg.on_degenerate == "retry":
+        extras.append("retry with " + ", ".join(f"{k}={v}" for k, v in
+                                                 cfg.retry_params.items()))
+    warn(f"degen guard on {cfg.url} -> {targets} (max_tokens cap {cfg.max_tokens_cap}, "
          f"{describe_cuts(cfg.cut_kinds, cfg.cut_reason)}; logprobs "
          f"{'asked' if cfg.logprobs else 'off'}; defaults: {applied}"
-         f"{'; key required' if cfg.api_key else ''})", err=True)
-    if host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
-        warn(f"warning: listening on {host} without --api-key: anyone who can reach this "
+         f"{'; key required' if cfg.api_key else ''}"
+         f"{'; ' + '; '.join(extras) if extras else ''})", err=True)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
+        warn(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this "
              "port can use the upstream", err=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    serve(cfg)
 
 
 def describe_cuts(kinds: frozenset[str], reason: str) -> str:

@@ -2,78 +2,60 @@
 
 Routes:
 
-- ``POST /v1/chat/completions``, ``POST /v1/completions``: guarded. The request gets
-  the configured defaults, overrides and the max_tokens cap and always goes upstream
-  as a stream, asking for the sampled tokens' log-probabilities when the client did
-  not (they are taken out of its answer; a server that refuses them with 400 gets the
-  request again without, and is not asked again for that model); each choice's text
-  is watched (:mod:`degen.guard.exchange`); a cut closes the upstream connection,
-  which makes vLLM and llama.cpp abort the request.
-- ``GET /v1/models`` and any other ``/v1/...`` path: relayed as they are (buffered,
-  not watched).
-- ``GET /health``: the guard is up (does not call the upstream).
-- ``GET /metrics``: Prometheus text (:mod:`degen.guard.metrics`).
+- ``POST /v1/chat/completions``, ``POST /v1/completions``: guarded
+  (:mod:`degen.guard.relay`). The request goes to the upstream that serves its
+  ``model`` (named for it, or listing it in its ``/v1/models``; else the default one),
+  with the configured defaults, overrides and the max_tokens cap, always as a stream,
+  asking for the sampled tokens' log-probabilities when the client did not.
+- ``GET /v1/models``: every upstream's models, merged.
+- ``/v1/responses`` and any other ``/v1/...`` path: relayed as they are to the
+  upstream of the body's ``model`` (buffered, **not watched**; the answer carries
+  ``x-degen-guarded: false``).
+- ``GET /health``: the guard is up, with each upstream's last health check (never
+  calls an upstream itself); ``GET /ready``: 200 when an upstream is up and the guard
+  is not shutting down, else 503 (for a load balancer or a readiness probe).
+- ``GET /metrics``: Prometheus text (:mod:`degen.guard.metrics`), added up across
+  workers.
 
 Every error is OpenAI-shaped, ``{"error": {"message", "type", "code", "param"}}``: the
 upstream's status and message when it answered, 502 when it could not be reached or
-broke off, 504 when it sent nothing for ``timeout`` seconds; 400, 401 and 413 for
-requests the guard refuses. A client that leaves has its upstream request closed at
-once (the disconnect is watched while waiting on the upstream, not only when a chunk
-is written). Authorization headers and, unless ``log_content``, prompts and outputs
-are never logged.
+broke off, 504 when it sent nothing for ``timeout`` seconds; 400, 401, 404 (no upstream
+for the model), 413 and 503 (shutting down) for requests the guard refuses.
+Authorization headers and, unless ``log_content``, prompts and outputs are never
+logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Route as Path
 
-from degen.engines.openai import SSEData, logprob_fields
-from degen.guard.config import GuardConfig
+from degen.engines.openai import logprob_fields
+from degen.guard.config import GuardConfig, UpstreamConfig
 from degen.guard.exchange import CHAT, COMPLETIONS, Exchange
 from degen.guard.metrics import CONTENT_TYPE, GuardMetrics
-from degen.records import CUT_REASONS as STOPPED_EARLY
+from degen.guard.relay import ERROR_BODY_LIMIT, Relay
+from degen.guard.upstream import StreamPool, pool_for
+from degen.guard.workers import SharedMetrics, on_shutdown_signal
 
 log = logging.getLogger("degen.guard")
 
-_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-_DONE = b"data: [DONE]\n\n"
-_ERROR_BODY_LIMIT = 64 * 1024
-_LOGPROB_KEYS = ("logprobs", "top_logprobs")
-
-try:  # faster (de)serialization of the chunks the guard changes, when installed
-    import orjson
-
-    def _loads(data: str) -> Any:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:  # NaN or Infinity, which Python's json writes
-            return json.loads(data)
-
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj).encode()
+UNGUARDED = "/v1/responses"
 
 
 def error_body(message: str, type_: str, code: Any, param: Any = None) -> dict[str, Any]:
@@ -130,40 +112,58 @@ class _Reject(Exception):
                             status_code=self.status, headers=headers)
 
 
-async def _sse_payloads(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream (see :class:`SSEData`)."""
-    events = SSEData()
-    async for line in lines:
-        if (payload := events.feed(line)) is not None:
-            yield payload
-    if (payload := events.end()) is not None:
-        yield payload
+class Route:
+    """One upstream: its settings, its stream pool, and what its health checks found."""
 
+    def __init__(self, spec: UpstreamConfig, config: GuardConfig) -> None:
+        self.spec = spec
+        self.name, self.label, self.url = spec.name, spec.label, spec.url
+        self.key = spec.upstream_key or config.upstream_key
+        self._config = config
+        self._pool: StreamPool | None = None
+        self.models: list[str] = []  # ids its /v1/models listed at the last check
+        self.model_entries: list[Any] = []
+        self.up: bool | None = None  # None: not checked yet
+        self.checked_at: float | None = None
+        self.error: str | None = None
 
-async def _read_limited(resp: httpx.Response, limit: int) -> bytes:
-    buf = bytearray()
-    async for part in resp.aiter_bytes():
-        buf += part
-        if len(buf) >= limit:
-            break
-    return bytes(buf[:limit])
+    @property
+    def pool(self) -> StreamPool:
+        if self._pool is None:  # made inside the server's event loop
+            self._pool = pool_for(self.url, self._config)
+        return self._pool
+
+    def serves(self, model: Any) -> bool:
+        return model == self.name or (isinstance(model, str) and model in self.models)
+
+    def health(self) -> dict[str, Any]:
+        return {"url": self.url, "up": self.up, "models": self.models,
+                "checked_seconds_ago": None if self.checked_at is None
+                else round(time.monotonic() - self.checked_at, 1),
+                **({"error": self.error} if self.error else {})}
 
 
 class Guard:
-    """The guard's shared state and its endpoints. One per app; see :func:`create_app`."""
+    """The guard's shared state and its endpoints. One per app (per worker)."""
 
     def __init__(self, config: GuardConfig, transport: httpx.AsyncBaseTransport | None = None
                  ) -> None:
         self.config = config
         self.metrics = GuardMetrics()
+        self.shared = SharedMetrics.from_env()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self.routes = [Route(u, config) for u in config.routes()]
+        self.default = next((r for r in self.routes if r.name is None), None)
         # models whose upstream refused the log-probabilities the guard asked for
         self.no_logprobs: set[str] = set()
+        self.open_relays: set[Relay] = set()
+        self.draining = False
+        self._warned_unguarded = False
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The upstream client (made on first use, inside the server's event loop)."""
+        """The client for relayed (unguarded) requests and health checks."""
         if self._client is None:
             c = self.config
             self._client = httpx.AsyncClient(
@@ -175,11 +175,80 @@ class Guard:
         return self._client
 
     async def aclose(self) -> None:
+        for r in self.routes:
+            if r._pool is not None:
+                await r._pool.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ upstreams
+    def route_for(self, model: Any) -> Route:
+        for r in self.routes:
+            if r.name is not None and model == r.name:
+                return r
+        for r in self.routes:
+            if r.serves(model):
+                return r
+        if self.default is not None:
+            return self.default
+        known = sorted({m for r in self.routes for m in (r.name, *r.models) if m})
+        raise _Reject(404, f"no upstream serves model {model!r}; the guard routes "
+                      f"{', '.join(known) or 'nothing yet'}", "model_not_found")
+
+    def model_label(self, model: Any, route: Route) -> str:
+        """The ``model`` label of the metrics: a name an upstream is known by, else
+        ``other`` (a client's arbitrary string never becomes a series)."""
+        return model if route.serves(model) else "other"
+
+    async def check(self, route: Route) -> None:
+        """One health check: the upstream's ``/models`` (its models, and whether it is up)."""
+        headers = {"connection": "close"}  # no idle connection held between checks
+        if route.key:
+            headers["authorization"] = f"Bearer {route.key}"
+        try:
+            r = await self.client.get(route.url + "/models", headers=headers,
+                                      timeout=min(5.0, self.config.health_interval))
+            data = r.json().get("data") if r.status_code == 200 else None
+            if not isinstance(data, list):
+                raise ValueError(f"HTTP {r.status_code}")
+            route.model_entries = [d for d in data if isinstance(d, dict)]
+            route.models = [str(d.get("id")) for d in route.model_entries if d.get("id")]
+            route.up, route.error = True, None
+        except (httpx.HTTPError, ValueError, AttributeError) as e:
+            if route.up is not False:
+                log.warning("upstream %s at %s is down (%s)", route.label, route.url,
+                            str(e) or type(e).__name__)
+            route.up, route.error = False, str(e)[:200] or type(e).__name__
+        route.checked_at = time.monotonic()
+        self.metrics.upstream_up.set(1.0 if route.up else 0.0, upstream=route.label)
+
+    async def watch_upstreams(self) -> None:
+        """Check every upstream now and every ``health_interval`` seconds."""
+        while True:
+            await asyncio.gather(*(self.check(r) for r in self.routes))
+            await asyncio.sleep(self.config.health_interval)
+
+    def refused_logprobs(self, model: str, status: int, raw: bytes) -> None:
+        if model not in self.no_logprobs:
+            self.no_logprobs.add(model)
+            msg = upstream_error(status, raw)["error"]["message"]
+            log.warning("the upstream refused logprobs for model %s (HTTP %d: %s); "
+                        "watching its text only", model, status, str(msg)[:200])
+
+    upstream_error = staticmethod(upstream_error)
+
+    def gateway_error(self, route: Route, status: int, e: BaseException | str
+                      ) -> dict[str, Any]:
+        what = e if isinstance(e, str) else (str(e) or type(e).__name__)
+        if status == 504:
+            msg = (f"the upstream at {route.url} sent nothing for "
+                   f"{self.config.timeout:g} s ({what})")
+            return error_body(msg, "upstream_error", "upstream_timeout")
+        msg = f"the upstream at {route.url} failed ({what})"
+        return error_body(msg, "upstream_error", "upstream_unreachable")
+
+    # ------------------------------------------------------------------ requests
     def _check_key(self, request: Request) -> None:
         key = self.config.api_key
         if key is None:
@@ -209,31 +278,35 @@ class Guard:
                               "request_too_large")
         return bytes(buf)
 
-    def upstream_headers(self, request: Request, json_body: bool = True) -> dict[str, str]:
-        """Authorization (the client's, or ``upstream_key`` in its place) and content type:
-        nothing else of the client's headers goes upstream."""
+    def upstream_headers(self, request: Request, route: Route,
+                         json_body: bool = True) -> dict[str, str]:
+        """Authorization (the client's, or the upstream's key in its place) and content
+        type: nothing else of the client's headers goes upstream."""
         headers = {"accept": "application/json, text/event-stream"}
         if json_body:
             headers["content-type"] = "application/json"
-        if self.config.upstream_key:
-            headers["authorization"] = f"Bearer {self.config.upstream_key}"
+        if route.key:
+            headers["authorization"] = f"Bearer {route.key}"
         elif request.headers.get("authorization"):
             headers["authorization"] = request.headers["authorization"]
         return headers
 
-    def prepare(self, endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def prepare(self, route: Route, endpoint: str, body: dict[str, Any]
+                ) -> tuple[dict[str, Any], int]:
         """The upstream body for ``body``, and the max_tokens it carries: defaults where
-        the client sent nothing, the system prompt, overrides, the cap, and a stream."""
-        cfg = self.config
+        the client sent nothing (the upstream's over the guard's), the system prompt,
+        overrides, the cap, and a stream."""
+        cfg, spec = self.config, route.spec
         out = dict(body)
-        for k, v in cfg.defaults.items():
+        for k, v in {**cfg.defaults, **spec.defaults}.items():
             if k not in out:
                 out[k] = copy.deepcopy(v)
+        system = spec.system or cfg.system
         msgs = out.get("messages")
-        if cfg.system and endpoint == CHAT and isinstance(msgs, list) and not any(
+        if system and endpoint == CHAT and isinstance(msgs, list) and not any(
                 isinstance(m, dict) and m.get("role") in ("system", "developer") for m in msgs):
-            out["messages"] = [{"role": "system", "content": cfg.system}, *msgs]
-        for k, v in cfg.overrides.items():
+            out["messages"] = [{"role": "system", "content": system}, *msgs]
+        for k, v in {**cfg.overrides, **spec.overrides}.items():
             out[k] = copy.deepcopy(v)
         cap = cfg.max_tokens_cap
         sent = [k for k in ("max_tokens", "max_completion_tokens") if out.get(k) is not None]
@@ -252,6 +325,14 @@ class Guard:
         out["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
                                  "include_usage": True}
         return out, limit
+
+    def retry_body(self, route: Route, endpoint: str, client_body: dict[str, Any]
+                   ) -> dict[str, Any]:
+        """What a retry sends: the request prepared again, the retry parameters on top."""
+        out, _ = self.prepare(route, endpoint, client_body)
+        for k, v in self.config.retry_params.items():
+            out[k] = copy.deepcopy(v)
+        return out
 
     def ask_logprobs(self, endpoint: str, out: dict[str, Any]) -> bool:
         """Ask the upstream for the sampled tokens' log-probabilities in ``out`` (the
@@ -274,9 +355,24 @@ class Guard:
         out.update(logprob_fields(chat))
         return True
 
+    def exchange(self, endpoint: str, client_body: dict[str, Any], body: dict[str, Any],
+                 limit: int, strip: bool) -> Exchange:
+        cfg = self.config
+        return Exchange(endpoint, client_body, body, limit, cut_kinds=cfg.cut_kinds,
+                        cut_reason=cfg.cut_reason, strip_logprobs=strip)
+
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        ups = {r.label: r.health() for r in self.routes}
+        down = [k for k, v in ups.items() if v["up"] is False]
+        status = "shutting down" if self.draining else ("degraded" if down else "ok")
+        return JSONResponse({"status": status, "worker": os.getpid(), "upstreams": ups})
+
+    async def ready(self, request: Request) -> Response:
+        up = any(r.up for r in self.routes)
+        ok = up and not self.draining
+        return JSONResponse({"ready": ok, "draining": self.draining, "upstream_up": up},
+                            status_code=200 if ok else 503)
 
     async def metrics_page(self, request: Request) -> Response:
         try:
@@ -284,12 +380,21 @@ class Guard:
         except _Reject as r:
             self.metrics.rejected.inc(status=str(r.status))
             return r.response()
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        text = self.shared.render(self.metrics) if self.shared else self.metrics.render()
+        return Response(text, media_type=CONTENT_TYPE)
+
+    def _refuse(self, r: _Reject, endpoint: str) -> Response:
+        self.metrics.rejected.inc(status=str(r.status))
+        self.metrics.requests.inc(model="other", endpoint=endpoint, stream="unknown")
+        return r.response()
 
     async def generate(self, request: Request) -> Response:
         endpoint = request.url.path.rstrip("/")
         started = time.monotonic()
         try:
+            if self.draining:
+                raise _Reject(503, "the guard is shutting down; send the request to another "
+                              "instance or again in a moment", "shutting_down")
             self._check_key(request)
             raw = await self._read_body(request)
             try:
@@ -298,378 +403,185 @@ class Guard:
                 raise _Reject(400, "the request body is not valid JSON", "invalid_json") from None
             if not isinstance(body, dict):
                 raise _Reject(400, "the request body must be a JSON object", "invalid_json")
-            up_body, limit = self.prepare(endpoint, body)
+            route = self.route_for(body.get("model"))
+            up_body, limit = self.prepare(route, endpoint, body)
         except _Reject as r:
-            self.metrics.rejected.inc(status=str(r.status))
-            self.metrics.requests.inc(endpoint=endpoint, stream="unknown")
-            return r.response()
+            return self._refuse(r, endpoint)
         strip = self.ask_logprobs(endpoint, up_body)
-        cfg = self.config
-        ex = Exchange(endpoint, body, up_body, limit, cut_kinds=cfg.cut_kinds,
-                      cut_reason=cfg.cut_reason, strip_logprobs=strip)
+        ex = self.exchange(endpoint, body, up_body, limit, strip)
         ex.started = started
-        self.metrics.requests.inc(endpoint=endpoint, stream=str(ex.stream).lower())
+        model = self.model_label(body.get("model"), route)
+        self.metrics.requests.inc(model=model, endpoint=endpoint, stream=str(ex.stream).lower())
         if self.config.log_content:
             log.info("prompt %s: %s", endpoint, ex.prompt[:4000])
-        return _Relay(self, ex, self.config.upstream + endpoint.removeprefix("/v1"),
-                      up_body, self.upstream_headers(request))
+        return Relay(self, route, ex, body, up_body, self.upstream_headers(request, route),
+                     model)
 
-    async def passthrough(self, request: Request) -> Response:
-        """Any other ``/v1`` request, relayed as it is."""
+    async def models(self, request: Request) -> Response:
+        """Every upstream's ``/v1/models``, merged (the first upstream to list an id wins)."""
+        try:
+            self._check_key(request)
+        except _Reject as r:
+            return self._refuse(r, "/v1/models")
+        self.metrics.requests.inc(model="other", endpoint="/v1/models", stream="false")
+        if len(self.routes) == 1:
+            return await self.passthrough(request, counted=True)
+        await asyncio.gather(*(self.check(r) for r in self.routes))
+        seen: dict[str, Any] = {}
+        for r in self.routes:
+            for d in r.model_entries:
+                seen.setdefault(str(d.get("id")), d)
+            if r.name is not None and r.name not in seen and r.up:
+                seen[r.name] = {"id": r.name, "object": "model", "owned_by": r.label}
+        if not any(r.up for r in self.routes):
+            err = error_body("no upstream answered /v1/models", "upstream_error",
+                             "upstream_unreachable")
+            return JSONResponse(err, status_code=502)
+        return JSONResponse({"object": "list", "data": list(seen.values())})
+
+    async def passthrough(self, request: Request, counted: bool = False) -> Response:
+        """Any other ``/v1`` request, relayed as it is to the upstream of its model."""
         path = request.url.path
-        self.metrics.requests.inc(endpoint="/v1/models" if path.startswith("/v1/models")
-                                  else "other", stream="false")
+        if not counted:
+            self.metrics.requests.inc(model="other", endpoint=UNGUARDED if path.startswith(
+                UNGUARDED) else ("/v1/models" if path.startswith("/v1/models") else "other"),
+                stream="false")
         try:
             self._check_key(request)
             body = await self._read_body(request) if request.method not in ("GET", "HEAD") \
                 else b""
+            model = None
+            if body and body[:1] == b"{":
+                with contextlib.suppress(ValueError, AttributeError):
+                    model = json.loads(body).get("model")
+            route = self.route_for(model) if model is not None else (
+                self.default or self.routes[0])
         except _Reject as r:
             self.metrics.rejected.inc(status=str(r.status))
             return r.response()
-        url = self.config.upstream + path.removeprefix("/v1")
+        if path.startswith(UNGUARDED) and not self._warned_unguarded:
+            self._warned_unguarded = True
+            log.warning("%s is relayed unguarded: its generations are not watched or cut "
+                        "(use /v1/chat/completions or /v1/completions)", UNGUARDED)
+        url = route.url + path.removeprefix("/v1")
         if request.url.query:
             url += "?" + request.url.query
-        headers = self.upstream_headers(request, json_body=False)
+        headers = self.upstream_headers(request, route, json_body=False)
         if request.headers.get("content-type"):
             headers["content-type"] = request.headers["content-type"]
         try:
             r = await self.client.request(request.method, url, content=body or None,
                                           headers=headers)
         except httpx.TimeoutException as e:
-            return self._gateway(504, e)
+            return self._gateway(route, 504, e)
         except httpx.TransportError as e:
-            return self._gateway(502, e)
+            return self._gateway(route, 502, e)
         if r.status_code >= 400:
-            self.metrics.upstream_errors.inc(status=str(r.status_code))
-            return JSONResponse(upstream_error(r.status_code, r.content[:_ERROR_BODY_LIMIT]),
+            self.metrics.upstream_errors.inc(upstream=route.label, status=str(r.status_code))
+            return JSONResponse(upstream_error(r.status_code, r.content[:ERROR_BODY_LIMIT]),
                                 status_code=r.status_code)
         return Response(r.content, status_code=r.status_code,
-                        media_type=r.headers.get("content-type"))
+                        media_type=r.headers.get("content-type"),
+                        headers={"x-degen-guarded": "false"})
 
-    def _gateway(self, status: int, e: Exception) -> JSONResponse:
-        self.metrics.upstream_errors.inc(status=str(status))
-        return JSONResponse(self.gateway_error(status, e), status_code=status)
+    def _gateway(self, route: Route, status: int, e: Exception) -> JSONResponse:
+        self.metrics.upstream_errors.inc(upstream=route.label, status=str(status))
+        return JSONResponse(self.gateway_error(route, status, e), status_code=status)
 
-    def gateway_error(self, status: int, e: BaseException | str) -> dict[str, Any]:
-        what = e if isinstance(e, str) else type(e).__name__
-        if status == 504:
-            msg = (f"the upstream at {self.config.upstream} sent nothing for "
-                   f"{self.config.timeout:g} s ({what})")
-            return error_body(msg, "upstream_error", "upstream_timeout")
-        msg = f"the upstream at {self.config.upstream} failed ({what})"
-        return error_body(msg, "upstream_error", "upstream_unreachable")
+    # ------------------------------------------------------------------ shutdown
+    def begin_drain(self) -> None:
+        """A shutdown began: refuse new requests, let open ones finish."""
+        if not self.draining:
+            self.draining = True
+            self._drain_open = len(self.open_relays)
+            self._drain_started = time.monotonic()
+            log.info("shutting down: %d open request(s) may take up to %g s to finish",
+                     self._drain_open, self.config.shutdown_timeout,
+                     extra={"shutdown": {"open": self._drain_open}})
 
-
-class _Relay(Response):
-    """Runs one guarded exchange as a raw ASGI response, watching for the client leaving
-    the whole time (so an upstream still thinking is closed too)."""
-
-    def __init__(self, guard: Guard, ex: Exchange, url: str, body: dict[str, Any],
-                 headers: dict[str, str]) -> None:
-        self.guard, self.ex, self.url, self.body, self.headers_up = guard, ex, url, body, headers
-        self.status = 0  # what the client got
-        self.complete = False
-        self.error: str | None = None
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        m = self.guard.metrics
-        m.in_flight.inc()
-        left = False
-        try:
-            async with anyio.create_task_group() as tg:
-                async def watch() -> None:
-                    nonlocal left
-                    while True:
-                        msg = await receive()
-                        if msg["type"] == "http.disconnect":
-                            if not self.complete:
-                                left = True
-                                tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(watch)
-                try:
-                    await self.run(send)
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            m.in_flight.dec()
-            self._account(left)
-
-    # ------------------------------------------------------------------ the exchange
-    async def run(self, send: Send) -> None:
-        g, ex = self.guard, self.ex
-        resp: httpx.Response | None = None
-        try:
-            try:
-                resp = await self._send()
-                if resp.status_code in (400, 422) and ex.strip_logprobs:
-                    resp = await self._without_logprobs(resp)
-            except httpx.TimeoutException as e:
-                return await self._fail(send, 504, e)
-            except httpx.TransportError as e:
-                return await self._fail(send, 502, e)
-            if resp.status_code >= 400:
-                raw = await _read_limited(resp, _ERROR_BODY_LIMIT)
-                g.metrics.upstream_errors.inc(status=str(resp.status_code))
-                self.error = f"upstream {resp.status_code}"
-                return await self._json(send, resp.status_code,
-                                        upstream_error(resp.status_code, raw))
-            if "text/event-stream" not in resp.headers.get("content-type", ""):
-                return await self._not_streamed(send, resp)
-            if ex.stream:
-                await self._relay(send, resp)
-            else:
-                await self._collect(send, resp)
-        finally:
-            if resp is not None:
-                with anyio.CancelScope(shield=True):
-                    await resp.aclose()
-
-    async def _send(self) -> httpx.Response:
-        g = self.guard
-        req = g.client.build_request("POST", self.url, json=self.body, headers=self.headers_up)
-        return await g.client.send(req, stream=True)
-
-    async def _without_logprobs(self, refused: httpx.Response) -> httpx.Response:
-        """The upstream refused the request the guard added log-probabilities to: send
-        it again without them. If that one goes through, the guard stops asking for
-        this model (and says so once)."""
-        raw = await _read_limited(refused, _ERROR_BODY_LIMIT)
-        await refused.aclose()
-        self.body = {k: v for k, v in self.body.items() if k not in _LOGPROB_KEYS}
-        self.ex.strip_logprobs = False
-        resp = await self._send()
-        if resp.status_code < 400:
-            model = str(self.body.get("model"))
-            if model not in self.guard.no_logprobs:
-                self.guard.no_logprobs.add(model)
-                msg = upstream_error(refused.status_code, raw)["error"]["message"]
-                log.warning("the upstream refused logprobs for model %s (HTTP %d: %s); "
-                            "watching its text only", model, refused.status_code,
-                            str(msg)[:200])
-        return resp
-
-    async def _fail(self, send: Send, status: int, e: BaseException | str) -> None:
-        self.guard.metrics.upstream_errors.inc(status=str(status))
-        self.error = f"upstream {'timeout' if status == 504 else 'failure'}"
-        await self._json(send, status, self.guard.gateway_error(status, e))
-
-    async def _json(self, send: Send, status: int, obj: Any) -> None:
-        data = json.dumps(obj).encode()
-        self.status = status
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
-        self.complete = True
-        await send({"type": "http.response.body", "body": data, "more_body": False})
-
-    async def _not_streamed(self, send: Send, resp: httpx.Response) -> None:
-        """An upstream that answered a stream request with one JSON object: relayed as
-        is (nothing to watch while it was generated)."""
-        data = await resp.aread()
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return await self._fail(send, 502, "its answer is neither a stream nor JSON")
-        choices = obj.get("choices") if isinstance(obj, dict) else None
-        for c in choices if isinstance(choices, list) else ():
-            if isinstance(c, dict):
-                st = self.ex.choice(c.get("index", 0))
-                st.finish = c.get("finish_reason") or "stop"
-                c["finish_reason"] = self.ex.client_reason(st)
-                if self.ex.strip_logprobs and c.get("logprobs") is not None:
-                    c["logprobs"] = None
-        await self._json(send, resp.status_code, obj)
-
-    async def _chunks(self, resp: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
-        async for payload in _sse_payloads(resp.aiter_lines()):
-            if payload == "[DONE]":
-                yield payload, None
-                return
-            try:
-                yield payload, _loads(payload)
-            except ValueError:
-                yield payload, ValueError(f"malformed event from the upstream: {payload[:80]!r}")
-
-    async def _relay(self, send: Send, resp: httpx.Response) -> None:
-        ex, m = self.ex, self.guard.metrics
-        self.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-
-        async def out(data: bytes) -> None:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            # let the loop run between chunks: a burst of buffered chunks from the
-            # upstream then cannot starve other streams or hide a client that left
-            await anyio.lowlevel.checkpoint()
-
-        try:
-            async with contextlib.aclosing(self._chunks(resp)) as chunks:
-                await self._relay_chunks(chunks, resp, out)
-            if not ex.finished_stream and self.error is None:
-                raise _Broken("the upstream stream ended before the generation finished")
-        except httpx.TimeoutException as e:
-            m.upstream_errors.inc(status="504")
-            self.error = "upstream timeout mid-stream"
-            await out(b"data: " + json.dumps(self.guard.gateway_error(504, e)).encode()
-                      + b"\n\n")
-        except (httpx.TransportError, _Broken) as e:
-            m.upstream_errors.inc(status="502")
-            self.error = "upstream broke off"
-            await out(b"data: " + json.dumps(self.guard.gateway_error(502, str(e) if isinstance(
-                e, _Broken) else e)).encode() + b"\n\n")
-        self.complete = True
-        await send({"type": "http.response.body",
-                    "body": _DONE if self.error is None else b"", "more_body": False})
-
-    async def _relay_chunks(self, chunks: AsyncIterator[tuple[str, Any]], resp: httpx.Response,
-                            out: Any) -> None:
-        ex, m = self.ex, self.guard.metrics
-        usage_sent = False
-        async for payload, chunk in chunks:
-            if chunk is None:  # [DONE]
-                ex.finished_stream = True
-                break
-            if isinstance(chunk, ValueError) or not isinstance(chunk, dict):
-                raise _Broken(str(chunk))
-            if "error" in chunk and not chunk.get("choices"):
-                m.upstream_errors.inc(status="stream")
-                self.error = "upstream error mid-stream"
-                await out(b"data: " + payload.encode() + b"\n\n")
-                break
-            changed, cut_now = ex.process(chunk)
-            if not chunk.get("choices") and chunk.get("usage"):
-                if not ex.client_usage:
-                    continue  # the usage the guard asked for, not the client
-                usage_sent = True
-            if not changed:
-                await out(b"data: " + payload.encode() + b"\n\n")
-            elif chunk.get("choices") or chunk.get("usage"):
-                await out(b"data: " + _dumps(chunk) + b"\n\n")
-            if cut_now:
-                if ex.all_done():
-                    await resp.aclose()  # the upstream aborts the request now
-                for i in cut_now:
-                    await out(b"data: " + _dumps(ex.cut_chunk(i)) + b"\n\n")
-                if ex.all_done():
-                    ex.finished_stream = True
-                    break
-        else:
-            if ex.all_done():  # every choice finished but no [DONE]: end it properly
-                ex.finished_stream = True
-        if ex.finished_stream and ex.client_usage and not usage_sent and self.error is None:
-            # asked for, and the upstream did not send it (a cut, or llama-cpp-python)
-            await out(b"data: " + _dumps(ex.usage_chunk()) + b"\n\n")
-
-    async def _collect(self, send: Send, resp: httpx.Response) -> None:
-        ex = self.ex
-        try:
-            async with contextlib.aclosing(self._chunks(resp)) as chunks:
-                result = await self._collect_chunks(chunks, resp)
-            if result is not None:
-                status, payload = result
-                return await self._json(send, status, upstream_error(status, payload.encode()))
-            if not ex.finished_stream:
-                raise _Broken("the upstream stream ended before the generation finished")
-        except httpx.TimeoutException as e:
-            return await self._fail(send, 504, e)
-        except (httpx.TransportError, _Broken) as e:
-            return await self._fail(send, 502, str(e) if isinstance(e, _Broken) else e)
-        await self._json(send, 200, ex.response())
-
-    async def _collect_chunks(self, chunks: AsyncIterator[tuple[str, Any]],
-                              resp: httpx.Response) -> tuple[int, str] | None:
-        """Reads the stream into the exchange; (status, payload) of an error event."""
-        ex = self.ex
-        async for payload, chunk in chunks:
-            if chunk is None:
-                ex.finished_stream = True
-                break
-            if isinstance(chunk, ValueError) or not isinstance(chunk, dict):
-                raise _Broken(str(chunk))
-            if "error" in chunk and not chunk.get("choices"):
-                err = chunk["error"]
-                status = err.get("code") if isinstance(err, dict) else None
-                status = status if isinstance(status, int) and 400 <= status < 600 else 502
-                self.guard.metrics.upstream_errors.inc(status=str(status))
-                self.error = "upstream error mid-stream"
-                return status, payload
-            _, cut_now = ex.process(chunk)
-            if cut_now and ex.all_done():
-                await resp.aclose()
-                ex.finished_stream = True
-                break
-        else:
-            ex.finished_stream = ex.all_done()
-        return None
-
-    # ------------------------------------------------------------------ accounting
-    def _account(self, left: bool) -> None:
-        g, ex, m = self.guard, self.ex, self.guard.metrics
-        ep = ex.endpoint
-        dur = time.monotonic() - ex.started
-        m.duration.observe(dur, endpoint=ep)
-        if ex.first_token_at is not None:
-            m.ttft.observe(ex.first_token_at - ex.started, endpoint=ep)
-        if left:
-            m.disconnects.inc()
-        reasons = ["disconnected" if left else "error"] if (left or self.error) and \
-            not ex.any_cut else ex.finish_reasons()
-        for r in reasons:
-            m.responses.inc(endpoint=ep, finish_reason=r)
-        tokens = ex.completion_tokens
-        m.completion_tokens.inc(tokens)
-        for st in ex.choices.values():
-            if st.watch is not None:
-                for why, n in st.watch.vetoes.items():
-                    m.vetoes.inc(n, reason=why)
-                for kind in st.watch.findings:
-                    m.detected.inc(kind=kind)
-            if st.cut is None and st.finish in STOPPED_EARLY:
-                m.upstream_cuts.inc(finish_reason=st.finish)
-            if st.cut is not None:
-                m.cuts.inc(kind=st.cut["kind"])
-                m.cut_after.observe(st.tokens)
-                m.tokens_saved.inc(max(0, ex.max_tokens - st.tokens))
-        cut = next((st.cut for st in ex.choices.values() if st.cut is not None), None)
-        log.info("%s stream=%s status=%s finish=%s tokens=%d %.2fs%s%s", ep,
-                 str(ex.stream).lower(), self.status or "-", ",".join(reasons) or "-", tokens,
-                 dur, f" cut={cut['kind']}@{cut['completion_tokens']}" if cut else "",
-                 " client-left" if left else (f" error={self.error}" if self.error else ""))
-        if g.config.log_content:
-            for st in ex.choices.values():
-                text = "".join(st.reasoning) + "".join(st.text)
-                if text:
-                    log.info("output %s[%d]: %s", ep, st.index, text[:4000])
-
-
-class _Broken(Exception):
-    """The upstream's stream cannot be read on."""
+    def end_drain(self) -> None:
+        if not self.draining:
+            return
+        cut = int(self.metrics.responses.total(finish_reason="shutdown"))
+        log.info("shut down: %d request(s) were open, %d finished, %d cut at the %g s "
+                 "shutdown timeout", self._drain_open, max(0, self._drain_open - cut), cut,
+                 self.config.shutdown_timeout,
+                 extra={"shutdown": {"open": self._drain_open, "cut": cut,
+                                     "seconds": round(time.monotonic()
+                                                      - self._drain_started, 3)}})
 
 
 def create_app(config: GuardConfig, *, transport: httpx.AsyncBaseTransport | None = None
-               ) -> Starlette:
-    """The guard as an ASGI app (serve it with uvicorn). ``transport`` replaces the
-    upstream HTTP transport (tests). The app's ``state.guard`` holds the :class:`Guard`
-    (its ``metrics``, its upstream ``client``)."""
+               ) -> Any:
+    """The guard as an ASGI app (serve it with uvicorn, or :func:`degen.guard.serve`).
+    ``transport`` replaces the HTTP transport of relayed requests and health checks
+    (tests). The app's ``state.guard`` holds the :class:`Guard` (its ``metrics``)."""
     guard = Guard(config, transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        on_shutdown_signal(guard.begin_drain)
+        tasks = [asyncio.create_task(guard.watch_upstreams())]
+        if guard.shared is not None:
+            tasks.append(asyncio.create_task(guard.shared.run(guard.metrics)))
         try:
             yield
         finally:
+            for t in tasks:
+                t.cancel()
+            # requests the server cancelled at the shutdown timeout: let them end (each
+            # sends its client an error event and is counted) before the loop stops
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 2.0
+            while guard.open_relays and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            guard.end_drain()
+            if guard.shared is not None:
+                guard.shared.write(guard.metrics)
             await guard.aclose()
 
     routes = [
-        Route("/health", guard.health, methods=["GET"]),
-        Route("/metrics", guard.metrics_page, methods=["GET"]),
-        Route(CHAT, guard.generate, methods=["POST"]),
-        Route(COMPLETIONS, guard.generate, methods=["POST"]),
-        Route("/v1/{path:path}", guard.passthrough,
-              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Path("/health", guard.health, methods=["GET"]),
+        Path("/ready", guard.ready, methods=["GET"]),
+        Path("/metrics", guard.metrics_page, methods=["GET"]),
+        Path(CHAT, guard.generate, methods=["POST"]),
+        Path(COMPLETIONS, guard.generate, methods=["POST"]),
+        Path("/v1/models", guard.models, methods=["GET"]),
+        Path("/v1/{path:path}", guard.passthrough,
+             methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.guard = guard
-    return app
+    return _FastPath(app, guard)
+
+
+class _FastPath:
+    """The app: guarded requests go straight to their :class:`Relay` (every chunk's
+    write skips Starlette's middleware layers); everything else to Starlette."""
+
+    def __init__(self, app: Starlette, guard: Guard) -> None:
+        self.app, self.guard, self.state = app, guard, app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (scope["type"] != "http" or scope["method"] != "POST"
+                or scope["path"].rstrip("/") not in (CHAT, COMPLETIONS)):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        response = None
+        try:
+            response = await self.guard.generate(Request(scope, receive))
+            # a relay writes straight to the server, and knows what it sent
+            await response(scope, receive, send if isinstance(response, Relay) else tracked)
+        except Exception:
+            log.exception("the guard failed on a request")
+            if started or (isinstance(response, Relay) and response.status):
+                raise
+            err = error_body("the guard failed on this request (see its log)",
+                             "server_error", "internal_error")
+            await JSONResponse(err, status_code=500)(scope, receive, send)

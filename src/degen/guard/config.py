@@ -16,6 +16,9 @@ from degen.detect.watch import KINDS, cut_kinds
 from degen.errors import InvalidParams, UsageError
 
 CUT_REASONS = ("kind", "length")
+ON_DEGENERATE = ("cut", "retry")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 # Fields the guard owns: a default or override of them would break the proxy itself.
 PROTECTED = frozenset({"stream", "stream_options", "messages", "prompt"})
 # Knob values `degen tune` may store that become request fields (built as the openai
@@ -98,6 +101,66 @@ def check_repetition_detection(value: Any, flag: str) -> None:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """One upstream the guard routes to.
+
+    Args:
+        url: the server, e.g. ``http://127.0.0.1:8000`` (``/v1`` added when the path is
+            empty).
+        name: requests whose ``model`` is this name go here (as do requests for a model
+            the upstream lists in ``/v1/models``); None for the default upstream, which
+            gets every request no other upstream claims.
+        defaults, overrides, system: request fields set for this upstream's requests,
+            on top of the guard's own (this upstream's win).
+        upstream_key: the bearer key sent to this upstream (else the guard's).
+    """
+
+    url: str
+    name: str | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    system: str | None = None
+    upstream_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from degen.engines.openai import normalize_base_url
+
+        s = object.__setattr__
+        what = f"--upstream {self.name}=..." if self.name else "--upstream"
+        if not isinstance(self.url, str) or not self.url.strip():
+            raise InvalidParams(f"{what} needs the server's URL, e.g. http://127.0.0.1:8000")
+        try:
+            s(self, "url", normalize_base_url(self.url))
+        except InvalidParams:
+            raise InvalidParams(f"{what} must start with http:// or https://, got "
+                                f"{self.url!r}") from None
+        if self.name is not None and not _NAME.fullmatch(self.name):
+            raise InvalidParams(f"upstream name {self.name!r}: use letters, digits, '_', "
+                                "'-', '.' (the model name its requests ask for)")
+        for flag, fields in (("defaults", self.defaults), ("overrides", self.overrides)):
+            for k in fields:
+                if k in PROTECTED:
+                    raise InvalidParams(f"{what} {flag} {k}: the guard sets {k} itself")
+            if "repetition_detection" in fields:
+                check_repetition_detection(fields["repetition_detection"], f"--{flag[:-1]}")
+        s(self, "defaults", dict(self.defaults))
+        s(self, "overrides", dict(self.overrides))
+
+    @property
+    def label(self) -> str:
+        return self.name or "default"
+
+
+def parse_upstream(spec: str) -> tuple[str | None, str]:
+    """``http://host:8000`` -> (None, url): the default upstream; ``NAME=URL`` -> (NAME,
+    URL): the upstream for requests whose ``model`` is NAME."""
+    name, eq, url = spec.partition("=")
+    if eq and "://" not in name:
+        return name.strip(), url.strip()
+    return None, spec.strip()
+
+
+@dataclass(frozen=True)
 class GuardConfig:
     """Everything ``degen guard`` needs; validated on construction.
 
@@ -123,10 +186,23 @@ class GuardConfig:
         logprobs: ask the upstream for the sampled tokens' log-probabilities when the
             client did not (the watch weighs them in; the client never sees them).
         log_content: log prompts and outputs (never done otherwise).
-        max_connections: upstream connections open at once at most.
+        max_connections: upstream connections open at once at most (per upstream and
+            worker).
+        upstreams: named upstreams (:class:`UpstreamConfig`), routed to by the
+            request's ``model``; ``upstream`` (may then be None) is the default.
+        holdback: tokens held back before they are relayed (0: none), so a cut ends the
+            answer at its last clean sentence and never shows the degenerate start.
+        on_degenerate: ``"cut"``, or ``"retry"``: a request cut before any of its text
+            reached the client is sent once more with ``retry_params`` on top.
+        retry_params: request fields for the retry (e.g. a lower temperature).
+        workers: processes serving the port (metrics add up across them).
+        shutdown_timeout: seconds open streams may take to finish after a shutdown
+            begins; what is still open then is cut, counted and logged.
+        health_interval: seconds between checks of each upstream's ``/v1/models``.
+        log_format: ``"text"`` or ``"json"`` (a JSON object a line); ``log_level``.
     """
 
-    upstream: str
+    upstream: str | None
     host: str = "127.0.0.1"
     port: int = 8100
     api_key: str | None = field(default=None, repr=False)
@@ -143,19 +219,67 @@ class GuardConfig:
     logprobs: bool = True
     log_content: bool = False
     max_connections: int = 1024
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    holdback: int = 0
+    on_degenerate: str = "cut"
+    retry_params: Mapping[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    shutdown_timeout: float = 30.0
+    health_interval: float = 10.0
+    log_format: str = "text"
+    log_level: str = "info"
 
     def __post_init__(self) -> None:
         from degen.engines.openai import normalize_base_url
 
         s = object.__setattr__
-        if not isinstance(self.upstream, str) or not self.upstream.strip():
+        if not self.upstreams and (self.upstream is None or (isinstance(self.upstream, str)
+                                   and not self.upstream.strip())):
             raise InvalidParams("--upstream is required: the URL of the server to guard, "
-                                "e.g. http://127.0.0.1:8000")
-        try:
-            s(self, "upstream", normalize_base_url(self.upstream))
-        except InvalidParams:
-            raise InvalidParams(f"--upstream must start with http:// or https://, got "
-                                f"{self.upstream!r}") from None
+                                "e.g. http://127.0.0.1:8000 (or NAME=URL, repeatable)")
+        if self.upstream is not None:
+            if not isinstance(self.upstream, str) or not self.upstream.strip():
+                raise InvalidParams("--upstream must be the URL of the server to guard, "
+                                    "e.g. http://127.0.0.1:8000")
+            try:
+                s(self, "upstream", normalize_base_url(self.upstream))
+            except InvalidParams:
+                raise InvalidParams(f"--upstream must start with http:// or https://, got "
+                                    f"{self.upstream!r}") from None
+        ups = tuple(self.upstreams)
+        names = [u.name for u in ups]
+        if None in names:
+            raise InvalidParams("a named upstream needs its name (NAME=URL)")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InvalidParams(f"--upstream {dup[0]}=... is given twice; name each upstream "
+                                "once")
+        s(self, "upstreams", ups)
+        if not (isinstance(self.holdback, int) and 0 <= self.holdback <= 4096):
+            raise InvalidParams(f"--holdback must be a whole number of tokens in [0, 4096], "
+                                f"got {self.holdback!r}")
+        if self.on_degenerate not in ON_DEGENERATE:
+            raise InvalidParams(f"--on-degenerate must be cut or retry, got "
+                                f"{self.on_degenerate!r}")
+        for k in self.retry_params:
+            if k in PROTECTED:
+                raise InvalidParams(f"--retry-param {k}: the guard sets {k} itself")
+        if self.on_degenerate == "retry" and not self.retry_params:
+            raise InvalidParams("--on-degenerate retry needs the safer parameters to retry "
+                                "with: --retry-param name=value (e.g. temperature=0.3) or "
+                                "--retry-params-from a tuning folder")
+        s(self, "retry_params", dict(self.retry_params))
+        if not (isinstance(self.workers, int) and 1 <= self.workers <= 256):
+            raise InvalidParams(f"--workers must be in [1, 256], got {self.workers!r}")
+        for name, v in (("--shutdown-timeout", self.shutdown_timeout),
+                        ("health_interval", self.health_interval)):
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise InvalidParams(f"{name} must be > 0 seconds, got {v}")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidParams(f"--log-format must be text or json, got {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidParams(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got "
+                                f"{self.log_level!r}")
         if not self.host:
             raise InvalidParams("--host must not be empty (127.0.0.1 listens on loopback only)")
         if not 0 <= self.port <= 65535:
@@ -196,6 +320,13 @@ class GuardConfig:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
+
+    def routes(self) -> list[UpstreamConfig]:
+        """Every upstream: the named ones, then the default (``upstream``) if any."""
+        out = list(self.upstreams)
+        if self.upstream is not None:
+            out.append(UpstreamConfig(self.upstream, None, upstream_key=self.upstream_key))
+        return out
 
 
 # ---------------------------------------------------------------------- tuned params

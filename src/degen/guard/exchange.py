@@ -32,6 +32,17 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
 
+def _logprobs(lp: Any) -> list[float] | None:
+    """:func:`token_logprobs`, with a fast path for the usual one-token chunk."""
+    if type(lp) is dict:
+        content = lp.get("content")
+        if type(content) is list and len(content) == 1 and type(content[0]) is dict:
+            v = content[0].get("logprob")
+            if type(v) is float:
+                return [v]
+    return token_logprobs(lp)
+
+
 @dataclass(slots=True)
 class ChoiceState:
     """What the guard knows of one choice (``index``) of the answer."""
@@ -39,6 +50,7 @@ class ChoiceState:
     index: int
     watch: Watch | None
     tokens: int = 0  # generated tokens: logprobs received, else chunks that carried text
+    fed: int = 0  # characters of reasoning and text read so far (the watch's offsets)
     finish: str | None = None
     finding: Finding | None = None  # the finding the choice was cut for
     cut: dict[str, Any] | None = None  # the ``degen`` evidence when cut
@@ -96,6 +108,10 @@ class Exchange:
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_stream = False  # [DONE] or every choice finished upstream
+        # the text the last chunk carried, per choice: (index, start, end, reasoning?)
+        self.parts: list[tuple[int, int, int, bool]] = []
+        self.events = 0  # stream events read (for the metrics)
+        self.stripped: list[Any] = []  # the log-probabilities taken out of the last chunk
 
     # ------------------------------------------------------------------ feeding
     @property
@@ -116,7 +132,8 @@ class Exchange:
 
     def process(self, chunk: dict[str, Any]) -> tuple[bool, list[int]]:
         """Feed one upstream chunk. Returns (changed, newly cut choice indices); when
-        ``changed``, the parts of cut choices were removed from ``chunk["choices"]``."""
+        ``changed``, the parts of cut choices were removed from ``chunk["choices"]``
+        and log-probabilities to strip set to None (and listed in :attr:`stripped`)."""
         if not self.meta:
             self.meta = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint")
                          if chunk.get(k) is not None}
@@ -129,6 +146,8 @@ class Exchange:
         keep: list[Any] = []
         cut_now: list[int] = []
         changed = False
+        self.parts = parts = []
+        self.stripped = []
         for ch in choices:
             if not isinstance(ch, dict):
                 keep.append(ch)
@@ -145,9 +164,15 @@ class Exchange:
             else:
                 delta, text, reasoning = None, ch.get("text"), None
             lp = ch.get("logprobs")
-            lps = token_logprobs(lp) if lp is not None else None
+            lps = _logprobs(lp) if lp is not None else None
             if text or reasoning or lps:
                 st.tokens += len(lps) if lps else 1
+                start = st.fed
+                has_reasoning = isinstance(reasoning, str) and bool(reasoning)
+                st.fed += (len(reasoning) if has_reasoning else 0) + (
+                    len(text) if isinstance(text, str) else 0)
+                if st.fed > start:
+                    parts.append((st.index, start, st.fed, has_reasoning))
                 if self.first_token_at is None and (text or reasoning):
                     self.first_token_at = time.monotonic()
                 w = st.watch
@@ -168,7 +193,7 @@ class Exchange:
                         continue
             if lp is not None and self.strip_logprobs:
                 ch["logprobs"] = None  # what the client would have seen without them
-                changed = True
+                self.stripped.append(lp)
             if not self.stream:
                 self._collect(st, ch, delta, text, reasoning)
             if ch.get("finish_reason"):
@@ -182,7 +207,7 @@ class Exchange:
             keep.append(ch)
         if changed:
             chunk["choices"] = keep
-        return changed, cut_now
+        return changed or bool(self.stripped), cut_now
 
     def _evidence(self, st: ChoiceState, f: Finding) -> dict[str, Any]:
         d = f.to_dict()
@@ -240,6 +265,19 @@ class Exchange:
                     st.logprobs.setdefault(k, []).extend(v)
                 elif k not in st.logprobs:
                     st.logprobs[k] = v
+
+    def trim_cuts(self) -> None:
+        """End each cut choice's collected text at its last clean sentence (before the
+        degeneration began): what ``--holdback`` does for a client that did not ask for
+        a stream. A choice with reasoning text keeps its text as it is."""
+        from degen.guard.holdback import clean_end
+
+        for st in self.choices.values():
+            if st.cut is None or st.reasoning or st.finding is None:
+                continue
+            text = "".join(st.text)
+            onset = st.finding.start_char if st.finding.start_char is not None else len(text)
+            st.text = [text[:clean_end(text, onset)]]
 
     # ------------------------------------------------------------------ state
     @property

@@ -88,13 +88,15 @@ class ScriptedServer:
         script: behaviours, one per POST (the last repeats).
         interval_s: pause between the chunks of ``loop`` and ``drip``.
         loop_prefix, loop_unit: ``loop`` streams the prefix's words, then the unit's
-            words over and over (until ``max_chunks``, then ``finish_reason: length``).
+            words over and over (until ``max_chunks``, or the request's
+            ``"scripted_max_chunks"``, then ``finish_reason: length``).
         fast_chunks: chunks (words) ``fast`` sends.
         echo_text: what ``echo`` streams when the request has no ``echo`` field.
         logprobs: stream log-probabilities to requests that ask (False: ignore them).
         logprob: the log-probability given to every streamed token.
         texts: what ``replay`` streams: the text whose index is the request's ``seed``,
             in word pieces (about a token each), then ``finish_reason: length``.
+        model: the model ``/models`` lists.
     """
 
     def __init__(self, script: list[str], owned_by: str = "scripted",
@@ -102,8 +104,10 @@ class ScriptedServer:
                  loop_prefix: str = "Once upon a time there was a cat.",
                  loop_unit: str = "The cat sat on the mat.", max_chunks: int = 5000,
                  fast_chunks: int = 32, echo_text: str = OK_TEXT, logprobs: bool = True,
-                 logprob: float = -0.3, texts: list[str] | None = None) -> None:
+                 logprob: float = -0.3, texts: list[str] | None = None,
+                 model: str = "scripted-model") -> None:
         self.script = list(script)
+        self.model = model
         self.owned_by = owned_by
         self.hang_s = hang_s
         self.interval_s = interval_s
@@ -152,7 +156,7 @@ class ScriptedServer:
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
                     self._json(200, {"object": "list", "data": [
-                        {"id": "scripted-model", "object": "model", "owned_by": server.owned_by}]})
+                        {"id": server.model, "object": "model", "owned_by": server.owned_by}]})
                 else:
                     self._json(404, {"error": {"message": "not found"}})
 
@@ -282,7 +286,7 @@ class ScriptedServer:
                 self._start_sse()
                 try:
                     for i, piece in enumerate(pieces):
-                        if i >= server.max_chunks:
+                        if i >= self.body.get("scripted_max_chunks", server.max_chunks):
                             self._send_event(self._piece("", "length"))
                             self._send_event("[DONE]")
                             return
