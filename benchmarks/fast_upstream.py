@@ -11,6 +11,8 @@ log-probabilities gets one per chunk. Each chunk carries ``"ts"``: its send time
 
 Options: ``--chunks`` per answer, ``--interval`` seconds between chunks of a stream
 (0: as fast as the socket takes them; > 0: a decode step, for measuring at a given load).
+``GET /stats``: the connections open now and the requests served (its own ones
+included).
 
     python -m benchmarks.fast_upstream --port 9000 [--chunks 1000] [--interval 0]
 """
@@ -80,11 +82,20 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | N
 
 async def serve(port: int, chunks: int, interval: float) -> None:
     answers = Answers(chunks)
+    stats = {"open": 0, "requests": 0}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stats["open"] += 1
         try:
             while (req := await _read_request(reader)) is not None:
                 path, body = req
+                if path.endswith(b"/stats"):  # open connections, for leak checks
+                    data = json.dumps(stats).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(data), data))
+                    await writer.drain()
+                    continue
+                stats["requests"] += 1
                 if path.endswith(b"/models") or path.endswith(b"/health"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\n\r\n%s" % (len(MODELS), MODELS))
@@ -105,6 +116,7 @@ async def serve(port: int, chunks: int, interval: float) -> None:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            stats["open"] -= 1
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)

@@ -95,3 +95,11 @@ def test_workers_pages_add_up_and_a_gone_workers_gauges_do_not_count() -> None:
     assert sample(text, "degen:cut_after_tokens_count") == 2
     assert sample(text, "degen:cut_after_tokens_bucket", le="64") == 1
     assert sample(text, "degen:cut_after_tokens_sum") == 4040
+
+
+def test_every_metric_is_documented_and_every_documented_one_exists() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "guard.md").read_text()
+    table = set(re.findall(r"^\| `(degen:[a-z0-9_]+)` \|", doc, re.M))
+    assert table == {m.name for m in GuardMetrics().all()}

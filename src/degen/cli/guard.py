@@ -43,7 +43,7 @@ def guard(
                                              "interface; then set --api-key). [default: "
                                              "127.0.0.1]", show_default=False,
                                              rich_help_panel=SERVER)] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on. [default: 8100]",
+    port: Annotated[int | None, typer.Option(help="Port to listen on. (default: 8100)",
                                              show_default=False, rich_help_panel=SERVER)]
         = None,
     workers: Annotated[int | None, typer.Option(
@@ -65,7 +65,7 @@ def guard(
         "[default: 1MiB]", show_default=False, rich_help_panel=SERVER)] = None,
     max_tokens_cap: Annotated[int | None, typer.Option(
         help="Most tokens a request may generate; a request that asks for more, or names "
-        "no limit, gets this (max_tokens and max_completion_tokens). [default: 8192]",
+        "no limit, gets this (max_tokens and max_completion_tokens). (default: 8192)",
         show_default=False, rich_help_panel=PARAMS)] = None,
     default: Annotated[list[str] | None, typer.Option(
         help="name=value set on requests that do not send it, e.g. temperature=0.7 "
@@ -80,7 +80,7 @@ def guard(
         rich_help_panel=PARAMS)] = None,
     dialect: Annotated[str | None, typer.Option(
         help="Parameter names of the upstream for --params-from: auto (from /v1/models), "
-        "vllm, llamacpp or openai. [default: auto]", show_default=False,
+        "vllm, llamacpp or openai. (default: auto)", show_default=False,
         rich_help_panel=PARAMS)] = None,
     cut: Annotated[str | None, typer.Option(
         "--cut", metavar="KINDS", help="Kinds that end a generation, comma-separated: loop, "
@@ -98,16 +98,16 @@ def guard(
     logprobs: Annotated[bool | None, typer.Option(
         "--logprobs/--no-logprobs", help="Ask the upstream for the sampled tokens' "
         "log-probabilities when the client did not (they sharpen the gibberish judgment "
-        "and are taken out of the client's answer). [default: --logprobs]",
+        "and are taken out of the client's answer). (default: --logprobs)",
         show_default=False, rich_help_panel=WATCH)] = None,
     holdback: Annotated[int | None, typer.Option(
         help="Tokens held back before they are relayed: on a cut the degenerate start is "
         "never shown and the answer ends at its last clean sentence (costs N tokens of "
-        "latency). [default: 0]", show_default=False, rich_help_panel=RETRY)] = None,
+        "latency). (default: 0)", show_default=False, rich_help_panel=RETRY)] = None,
     on_degenerate: Annotated[str | None, typer.Option(
         help="cut, or retry: a request cut before any of its text reached the client (a "
         "non-streaming one, or one still held back) is sent once more with "
-        "--retry-param on top, and the client gets that answer. [default: cut]",
+        "--retry-param on top, and the client gets that answer. (default: cut)",
         show_default=False, rich_help_panel=RETRY)] = None,
     retry_param: Annotated[list[str] | None, typer.Option(
         help="name=value for the retry, e.g. temperature=0.3 (repeatable).",
@@ -117,16 +117,16 @@ def guard(
         show_default=False, rich_help_panel=RETRY)] = None,
     shutdown_timeout: Annotated[float | None, typer.Option(
         help="Seconds open streams may take to finish after SIGTERM or Ctrl-C; what is "
-        "left is cut and counted. [default: 30]", show_default=False,
+        "left is cut and counted. (default: 30)", show_default=False,
         rich_help_panel=OPS)] = None,
     log_format: Annotated[str | None, typer.Option(
-        help="text or json (one object a line). [default: text]", show_default=False,
+        help="text or json (one object a line). (default: text)", show_default=False,
         rich_help_panel=OPS)] = None,
     log_content: Annotated[bool | None, typer.Option(
         "--log-content/--no-log-content", help="Log prompts and outputs (never logged "
         "otherwise).", show_default=False, rich_help_panel=OPS)] = None,
     log_level: Annotated[str | None, typer.Option(
-        help="debug, info, warning or error. [default: info]", show_default=False,
+        help="debug, info, warning or error. (default: info)", show_default=False,
         rich_help_panel=OPS)] = None,
 ) -> None:
     from degen.guard import settings
