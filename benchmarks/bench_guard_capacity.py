@@ -11,17 +11,23 @@ N connections, each streaming one long answer after another and counting events)
    are not the bottleneck when direct reads are far faster). Guard CPU per chunk: the
    CPU seconds of the guard's processes over the window (``/proc``), divided by the
    chunks the client received.
-2. Latency at half of capacity: the upstream paces each stream (one chunk per
-   interval) so the total is half the 1-worker ceiling at 256 streams; each chunk
-   carries its send time, the client notes its arrival: p50 / p99 of arrival - send,
-   through the guard and direct, and the time to the first event.
+2. Latency under a paced load: the upstream paces each of 256 streams (one chunk per
+   interval, as a server emits one token per decode step; answers of about 2 s, the
+   streams started over a second) at 2,500 and 5,000 chunks/s and at half the 1-worker
+   ceiling of part 1; each chunk carries its send time and the client notes its
+   arrival: p50 / p99 of arrival - send, through the guard and direct, the time to the
+   first event, and the guard's CPU per chunk. Paced, each read carries one event, so a
+   chunk costs the guard a socket read and a write of its own: far more CPU than at
+   saturation, where one read brings many events, and half the saturated ceiling can
+   be more than a paced guard can carry.
 3. Memory per open stream: the guard's RSS with 1,024 slow streams open, minus its RSS
    idle, divided by 1,024.
 
 The machine has 2 cores shared by the three processes: at saturation the guard does
 not have a core to itself, so chunks/s is a floor; CPU per chunk is the guard's own.
 
-    .venv/bin/python -m benchmarks.bench_guard_capacity [--seconds 10] [--json F]
+    .venv/bin/python -m benchmarks.bench_guard_capacity [--seconds 10] [--repeats 3]
+        [--json F]
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         load = self.load
         now = time.monotonic()
-        buf = self.tail + data
+        buf = self.tail + data  # the tail: what followed the last event end counted
         n = buf.count(b"\n\n")
         if n:
             if self.first:
@@ -94,7 +100,8 @@ class _Conn(asyncio.Protocol):
         if buf.endswith(b"0\r\n\r\n"):
             self.ask()
             return
-        self.tail = buf[-8:]
+        end = buf.rfind(b"\n\n")
+        self.tail = (buf[end + 2:] if end >= 0 else buf)[-8:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.load.open -= 1
@@ -114,7 +121,7 @@ class Load:
                         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
                         "\r\n").encode() + body
         self.port, self.n, self.latency = port, n, latency
-        t = time.monotonic()
+        self.t0 = t = time.monotonic()
         self.start, self.end = t + warmup, t + warmup + seconds
         self.until = self.end
         self.chunks = self.errors = self.open = self.cuts = 0
@@ -127,9 +134,11 @@ class Load:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = loop.create_future()
-        for _ in range(self.n):
+        for i in range(self.n):
             self.open += 1
             await loop.create_connection(lambda: _Conn(self), "127.0.0.1", self.port)
+            if self.latency:  # streams start spread over a second: no burst at the start
+                await asyncio.sleep(max(0.0, self.t0 + (i + 1) / self.n - time.monotonic()))
         await asyncio.sleep(max(0.0, self.end - time.monotonic()))
         with_timeout = asyncio.wait_for(asyncio.shield(self.done), 30)
         with contextlib.suppress(TimeoutError):
@@ -266,20 +275,31 @@ def load(port: int, n: int, seconds: float, warmup: float = 2.0, latency: bool =
     return res
 
 
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key`` (this VM's clock wanders: each figure is the
+    middle of several runs), with every run's value kept."""
+    ordered = sorted(runs, key=lambda r: r.get(key, 0.0))
+    mid = dict(ordered[len(ordered) // 2])
+    mid["runs"] = [round(r.get(key, 0.0), 1) for r in runs]
+    return mid
+
+
 def capacity(streams: list[int], workers: list[int], seconds: float, chunks: int,
-             flags: tuple[str, ...]) -> dict[str, Any]:
+             flags: tuple[str, ...], repeats: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {}
     up, up_port = upstream(chunks)
     try:
         for n in streams:
-            d = load(up_port, n, seconds)
+            d = _median_run([load(up_port, n, seconds) for _ in range(repeats)],
+                            "chunks_per_s")
             out[f"direct/{n}"] = d
             print(f"direct      {n:5d} streams: {d['chunks_per_s']:9,.0f} chunks/s", flush=True)
         for w in workers:
             g, port = guard(up_port, w, *flags)
             try:
                 for n in streams:
-                    r = load(port, n, seconds, pid=g.proc.pid)
+                    r = _median_run([load(port, n, seconds, pid=g.proc.pid)
+                                     for _ in range(repeats)], "guard_cpu_us_per_chunk")
                     out[f"guard{w}/{n}"] = r
                     print(f"guard x{w}    {n:5d} streams: {r['chunks_per_s']:9,.0f} chunks/s, "
                           f"{r.get('guard_cpu_us_per_chunk', float('nan')):6.1f} us CPU per "
@@ -295,7 +315,7 @@ def latency(rate: float, n: int, seconds: float, flags: tuple[str, ...]) -> dict
     """p50/p99 of the time from the upstream's write to the client's read, at ``rate``
     chunks/s over ``n`` paced streams, through the guard and direct."""
     interval = n / rate
-    chunks = max(50, int(4 * seconds / interval))
+    chunks = max(20, int(2.0 / interval))  # answers of about 2 s: new requests all along
     out: dict[str, Any] = {"rate": rate, "streams": n, "interval_s": interval}
     up, up_port = upstream(chunks, interval)
     try:
@@ -307,6 +327,12 @@ def latency(rate: float, n: int, seconds: float, flags: tuple[str, ...]) -> dict
             g.stop()
     finally:
         up.stop()
+    print(f"  direct: p50 {out['direct'].get('latency_us_p50')} us, p99 "
+          f"{out['direct'].get('latency_us_p99')} us, first event "
+          f"{out['direct'].get('ttfb_ms_p50')} ms; guard: p50 "
+          f"{out['guard'].get('latency_us_p50')} us, p99 {out['guard'].get('latency_us_p99')} "
+          f"us, first event {out['guard'].get('ttfb_ms_p50')} ms, "
+          f"{out['guard'].get('guard_cpu_us_per_chunk', 0):.1f} us CPU per chunk", flush=True)
     for k in ("latency_us_p50", "latency_us_p99", "ttfb_ms_p50"):
         if out["direct"].get(k) is not None and out["guard"].get(k) is not None:
             out[k.replace("_p", "_added_p")] = out["guard"][k] - out["direct"][k]
@@ -346,6 +372,10 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=1000, help="chunks per answer")
     ap.add_argument("--only", default="capacity,latency,memory")
     ap.add_argument("--flag", action="append", default=[], help="extra guard flag")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per figure (the median)")
+    ap.add_argument("--latency-rates", default="2500,5000",
+                    help="paced loads (chunks/s) to measure latency at, besides half of "
+                    "the 1-worker ceiling at 256 streams")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     flags = tuple(a.flag)
@@ -354,15 +384,19 @@ def main() -> None:
     streams = [int(s) for s in a.streams.split(",")]
     if "capacity" in parts:
         out["capacity"] = capacity(streams, [int(w) for w in a.workers.split(",")],
-                                   a.seconds, a.chunks, flags)
+                                   a.seconds, a.chunks, flags, a.repeats)
     if "latency" in parts:
         ceiling = (out.get("capacity", {}).get("guard1/256", {}).get("chunks_per_s")
-                   or 10000.0)
-        out["latency"] = lt = latency(ceiling / 2, 256, a.seconds, flags)
-        print(f"latency at {lt['rate']:,.0f} chunks/s over 256 streams: added p50 "
-              f"{lt.get('latency_us_added_p50', float('nan')):.0f} us, p99 "
-              f"{lt.get('latency_us_added_p99', float('nan')):.0f} us; first event "
-              f"+{lt.get('ttfb_ms_added_p50', float('nan')):.1f} ms", flush=True)
+                   or 20000.0)
+        rates = [float(r) for r in a.latency_rates.split(",")] if a.latency_rates else []
+        out["latency"] = []
+        for rate in [*rates, ceiling / 2]:
+            lt = latency(rate, 256, a.seconds, flags)
+            out["latency"].append(lt)
+            print(f"latency at {lt['rate']:,.0f} chunks/s over 256 streams: added p50 "
+                  f"{lt.get('latency_us_added_p50', float('nan')):.0f} us, p99 "
+                  f"{lt.get('latency_us_added_p99', float('nan')):.0f} us; first event "
+                  f"+{lt.get('ttfb_ms_added_p50', float('nan')):.1f} ms", flush=True)
     if "memory" in parts:
         out["memory"] = mem = memory(1024, flags)
         print(f"memory: {mem['idle_rss_mib']:.0f} MiB idle, {mem['open_rss_mib']:.0f} MiB "

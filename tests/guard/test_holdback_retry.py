@@ -89,6 +89,7 @@ def test_a_cut_request_is_retried_with_the_safer_parameters(make_guard) -> None:
         assert body["choices"][0]["finish_reason"] == "stop"
         assert body["choices"][0]["message"]["content"] == OK_TEXT
         assert "degen" not in body
+        assert body["degen_retried"]["kind"] == "loop"  # why it was sent again
         assert len(up.bodies) == 2
         assert up.bodies[0]["temperature"] == 1.4 and "min_p" not in up.bodies[0]
         assert up.bodies[1]["temperature"] == 0.3 and up.bodies[1]["min_p"] == 0.1

@@ -385,7 +385,11 @@ class Relay(Response):
             break
         if self.config.holdback:
             self.ex.trim_cuts()
-        await self._json(send, 200, self.ex.response())
+        answer = self.ex.response()
+        if self.first is not None and self.first is not self.ex:  # retried: say why
+            answer["degen_retried"] = next((st.cut for st in self.first.choices.values()
+                                            if st.cut is not None), None)
+        await self._json(send, 200, answer)
 
     async def _read_whole(self, resp: UpstreamResponse) -> tuple[int, bytes] | None:
         """Reads the stream into the exchange; (status, payload) of an error event."""
