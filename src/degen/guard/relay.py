@@ -32,7 +32,8 @@ from degen.guard.upstream import UpstreamBroken, UpstreamResponse, UpstreamTimeo
 from degen.records import CUT_REASONS as STOPPED_EARLY
 
 if TYPE_CHECKING:
-    from degen.guard.app import Guard, Route
+    from degen.guard.app import Guard
+    from degen.guard.routing import Route
 
 log = logging.getLogger("degen.guard")
 
