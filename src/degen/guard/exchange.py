@@ -111,7 +111,6 @@ class Exchange:
         # the text the last chunk carried, per choice: (index, start, end, reasoning?)
         self.parts: list[tuple[int, int, int, bool]] = []
         self.events = 0  # stream events read (for the metrics)
-        self.stripped: list[Any] = []  # the log-probabilities taken out of the last chunk
 
     # ------------------------------------------------------------------ feeding
     @property
@@ -133,7 +132,7 @@ class Exchange:
     def process(self, chunk: dict[str, Any]) -> tuple[bool, list[int]]:
         """Feed one upstream chunk. Returns (changed, newly cut choice indices); when
         ``changed``, the parts of cut choices were removed from ``chunk["choices"]``
-        and log-probabilities to strip set to None (and listed in :attr:`stripped`)."""
+        and log-probabilities to strip set to None."""
         if not self.meta:
             self.meta = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint")
                          if chunk.get(k) is not None}
@@ -147,7 +146,6 @@ class Exchange:
         cut_now: list[int] = []
         changed = False
         self.parts = parts = []
-        self.stripped = []
         for ch in choices:
             if not isinstance(ch, dict):
                 keep.append(ch)
@@ -193,7 +191,7 @@ class Exchange:
                         continue
             if lp is not None and self.strip_logprobs:
                 ch["logprobs"] = None  # what the client would have seen without them
-                self.stripped.append(lp)
+                changed = True
             if not self.stream:
                 self._collect(st, ch, delta, text, reasoning)
             if ch.get("finish_reason"):
@@ -207,7 +205,7 @@ class Exchange:
             keep.append(ch)
         if changed:
             chunk["choices"] = keep
-        return changed or bool(self.stripped), cut_now
+        return changed, cut_now
 
     def _evidence(self, st: ChoiceState, f: Finding) -> dict[str, Any]:
         d = f.to_dict()
