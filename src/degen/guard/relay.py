@@ -65,6 +65,17 @@ class Broken(Exception):
     """The upstream's stream cannot be read on."""
 
 
+def parse_chunk(payload: bytes) -> dict[str, Any]:
+    """One event's JSON object; :class:`Broken` when it is not one."""
+    try:
+        chunk = loads(payload)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise Broken(f"malformed event from the upstream: {payload[:80]!r}")
+    return chunk
+
+
 class Relay(Response):
     """See the module doc. ``body`` goes upstream to ``route``'s ``path``."""
 
@@ -285,13 +296,7 @@ class Relay(Response):
                 if payload == b"[DONE]":
                     ex.finished_stream = stop = True
                     break
-                try:
-                    chunk = loads(payload)
-                except ValueError:
-                    raise Broken(f"malformed event from the upstream: {payload[:80]!r}") \
-                        from None
-                if not isinstance(chunk, dict):
-                    raise Broken(f"malformed event from the upstream: {payload[:80]!r}")
+                chunk = parse_chunk(payload)
                 if "error" in chunk and not chunk.get("choices"):
                     self._upstream_failed("stream")
                     self.error = "upstream error mid-stream"
@@ -403,13 +408,7 @@ class Relay(Response):
                 if payload == b"[DONE]":
                     ex.finished_stream = True
                     return None
-                try:
-                    chunk = loads(payload)
-                except ValueError:
-                    raise Broken(f"malformed event from the upstream: {payload[:80]!r}") \
-                        from None
-                if not isinstance(chunk, dict):
-                    raise Broken(f"malformed event from the upstream: {payload[:80]!r}")
+                chunk = parse_chunk(payload)
                 if "error" in chunk and not chunk.get("choices"):
                     err = chunk["error"]
                     status = err.get("code") if isinstance(err, dict) else None

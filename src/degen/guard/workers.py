@@ -64,6 +64,7 @@ class SharedMetrics:
 
     def render(self, metrics: GuardMetrics) -> str:
         from degen.guard.metrics import GuardMetrics
+        from degen.tune.storage import alive
 
         total = GuardMetrics()
         total.add(metrics.snapshot())
@@ -74,20 +75,9 @@ class SharedMetrics:
                 data = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue  # being replaced right now; its next write counts
-            total.add(data.get("metrics") or {}, gauges=_alive(int(data.get("pid", 0))))
+            pid = int(data.get("pid", 0))
+            total.add(data.get("metrics") or {}, gauges=pid > 0 and alive(pid))
         return total.render()
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def on_shutdown_signal(callback: Any) -> None:
