@@ -44,7 +44,7 @@ def timed(name: str, engine: Engine, plan: Plan, concurrency: int) -> dict[str, 
     wall = time.perf_counter() - t0
     tokens = sum(c.completion_tokens or 0 for c in cs)
     row = {"name": name, "requests": len(cs), "errors": sum(c.is_error for c in cs),
-           "runaways": sum(c.is_runaway for c in cs), "tokens": tokens, "wall_s": wall,
+           "runaways": sum(c.is_capped for c in cs), "tokens": tokens, "wall_s": wall,
            "tok_s": tokens / wall}
     print(f"{name:<28} {tokens:>6} tokens in {wall:7.1f} s = {row['tok_s']:7.1f} tok/s "
           f"(runaways {row['runaways']}, errors {row['errors']})", flush=True)

@@ -107,7 +107,7 @@ def test_unknown_record_keys_survive_a_rewrite() -> None:
     again = Completion.from_dict(d)
     assert again.extra == {"future_field": {"a": 1}}
     assert again.to_dict()["future_field"] == {"a": 1}
-    assert again.is_runaway and not again.is_error
+    assert again.is_capped and not again.is_error
 
 
 def test_timings_derive_latencies() -> None:

@@ -50,8 +50,9 @@ def test_kinds_choose_what_counts_as_a_failure() -> None:
     cs = [comp("a-1", 0, "stop"), comp("a-1", 1, "stop")]
     cs[0] = Completion.from_dict(cs[0].to_dict() | {"verdict": {"kinds": ["gibberish"],
                                                                   "findings": []}})
-    assert by_prompt(cs)[0]["failures"] == 0
+    assert by_prompt(cs, kinds=("runaway",))[0]["failures"] == 0
     assert by_prompt(cs, kinds=("gibberish",))[0]["failures"] == 1
+    assert by_prompt(cs)[0]["failures"] == 1  # by default a degenerate kind is a failure
 
 
 def test_the_summary_carries_both_tables_and_counts_cancelled_apart() -> None:

@@ -165,7 +165,7 @@ def test_records_carry_verdicts_and_the_summary_counts_kinds(tmp_path: Path) -> 
             c = super().complete(r, cancel)
             if c.is_error:
                 return c
-            text = "Sure. " + "lesson " * 30 if c.is_runaway else "A fine short answer."
+            text = "Sure. " + "lesson " * 30 if c.is_capped else "A fine short answer."
             return Completion.from_dict(c.to_dict() | {"text": text})
 
     res = run_load(Looper(), plan(runs=1), tmp_path / "o", detectors=default_detectors())

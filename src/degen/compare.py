@@ -25,7 +25,7 @@ import dataclasses
 import itertools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from degen.errors import InvalidParams, UsageError
 from degen.load.runner import run_load, versions
 from degen.load.schedule import Plan
 from degen.load.store import write_json_atomic
-from degen.measure import Measure, examples, paired
+from degen.measure import FAILURE_KINDS, Measure, examples, lengths, paired
 from degen.progress import Forwarding, Progress
 from degen.prompts import Prompt
 from degen.records import Completion, SamplingParams
@@ -145,8 +145,21 @@ class CompareConfig:
     rate: float | None = None
     arrivals: str = "poisson"
     concurrency: int | None = None
-    kinds: tuple[str, ...] = ("runaway",)
+    kinds: tuple[str, ...] = FAILURE_KINDS
     resume: bool = False
+    #: runaways would not end by this many tokens (None: 8 x max_tokens)
+    horizon: int | None = None
+    #: continue every arm's capped generations to the horizon (runaways known)
+    extend: bool = False
+    extend_share: float = 1.0
+    runaway_weights: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        from degen.load.extend import check_horizon, check_share, default_horizon
+
+        self.horizon = check_horizon(self.horizon, self.max_tokens) \
+            if self.horizon is not None else default_horizon(self.max_tokens)
+        self.extend_share = check_share(self.extend_share)
 
 
 _LOCAL_OPTIONS = ("model", "batch_size", "device", "dtype", "logprobs")
@@ -155,14 +168,17 @@ _OPENAI_OPTIONS = {"base_url": "base_url", "api_key": "api_key", "model": "model
                    "timeout": "timeout", "retries": "max_retries", "logprobs": "logprobs"}
 
 
-def arm_engine(arm: Arm) -> Any:
+def arm_engine(arm: Arm, horizon: int | None = None,
+               runaway_weights: Mapping[str, Any] | None = None) -> Any:
     """The engine of an arm: the bundled model in-process unless it says otherwise
-    (``guard=true`` on a server streams, as the cut needs the stream)."""
+    (``guard=true`` on a server streams, as the cut needs the stream; ``horizon`` and
+    ``runaway_weights`` are its runaway cut's)."""
     from degen.engines import create_engine
 
     e = arm.engine
     name = e.get("engine", "local")
-    opts: dict[str, Any] = {"guard": e.get("guard", False)}
+    opts: dict[str, Any] = {"guard": e.get("guard", False), "horizon": horizon,
+                            "runaway_weights": runaway_weights}
     if name == "local":
         opts.update({k: e[k] for k in _LOCAL_OPTIONS if k in e})
     else:
@@ -173,13 +189,17 @@ def arm_engine(arm: Arm) -> Any:
 
 
 def run_compare(arms: Sequence[Arm], prompts: Sequence[Prompt], cfg: CompareConfig,
-                make_engine: Callable[[Arm], Any] = arm_engine,
+                make_engine: Callable[[Arm], Any] | None = None,
                 progress: Progress | None = None, detectors: Any = None,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every arm on the same plan (one after the other), write ``compare.json``
     and return it. ``make_engine(arm)`` builds an arm's engine (default
-    :func:`arm_engine`); it is closed after the arm."""
+    :func:`arm_engine`); it is closed after the arm. With ``cfg.extend`` each arm's
+    capped generations are continued to the horizon once its plan is done."""
     check_arms(arms)
+    if make_engine is None:
+        def make_engine(arm: Arm) -> Any:
+            return arm_engine(arm, cfg.horizon, cfg.runaway_weights)
     log = log or (lambda s: None)
     progress = progress or Progress(len(arms) * cfg.requests * cfg.runs)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +222,10 @@ def run_compare(arms: Sequence[Arm], prompts: Sequence[Prompt], cfg: CompareConf
                 result = run_load(eng, plan, folder, concurrency=cfg.concurrency,
                                   resume=cfg.resume and (folder / "run.json").exists(),
                                   progress=Forwarding(progress, plan.total),
-                                  detectors=detectors, extra_meta={"arm": arm.name})
+                                  detectors=detectors, extra_meta={"arm": arm.name,
+                                                                   "horizon": cfg.horizon},
+                                  horizon=cfg.horizon if cfg.extend else None,
+                                  extend_share=cfg.extend_share)
             finally:
                 eng.close()
             done[arm.name] = result.completions
@@ -213,11 +236,16 @@ def run_compare(arms: Sequence[Arm], prompts: Sequence[Prompt], cfg: CompareConf
 
 
 def arm_row(arm: Arm, cs: Sequence[Completion], kinds: Sequence[str],
-            categories: dict[str, str]) -> dict[str, Any]:
-    m = Measure.of(cs, kinds)
+            categories: dict[str, str], horizon: int | None = None,
+            extend_share: float | None = None) -> dict[str, Any]:
+    m = Measure.of(cs, kinds, horizon, extend_share)
     lat = [c.timings.latency_s for c in cs if c.is_measured and c.timings.latency_s is not None]
     return {"name": arm.name, "settings": arm.describe(), "n": m.n, "failures": m.failures,
             "failure_rate": m.rate, "ci95": list(m.ci95), "cut": m.cut, "errors": m.errors,
+            "capped": m.capped, "runaways": m.runaways, "runaways_known": m.runaways_known,
+            "long": m.long, "degenerate": m.degenerate, "estimate": m.estimate,
+            "extension_tokens": m.extension_tokens,
+            "lengths": lengths(cs),
             "cancelled": m.cancelled, "tokens": m.tokens,
             "tokens_per_request": m.tokens / len(cs) if cs else None,
             "latency_p50_s": percentile(lat, 50), "latency_p95_s": percentile(lat, 95),
@@ -226,7 +254,8 @@ def arm_row(arm: Arm, cs: Sequence[Completion], kinds: Sequence[str],
 
 def summarize_compare(arms: Sequence[Arm], done: dict[str, list[Completion]],
                       cfg: CompareConfig, categories: dict[str, str]) -> dict[str, Any]:
-    rows = [arm_row(a, done[a.name], cfg.kinds, categories) for a in arms]
+    share = cfg.extend_share if cfg.extend else None
+    rows = [arm_row(a, done[a.name], cfg.kinds, categories, cfg.horizon, share) for a in arms]
     pairs = []
     for a, b in itertools.combinations(arms, 2):
         p = paired(done[a.name], done[b.name], cfg.kinds)
@@ -237,5 +266,30 @@ def summarize_compare(arms: Sequence[Arm], done: dict[str, list[Completion]],
             "config": {"requests": cfg.requests, "runs": cfg.runs,
                        "max_tokens": cfg.max_tokens, "seed": cfg.seed, "rate": cfg.rate,
                        "arrivals": cfg.arrivals, "concurrency": cfg.concurrency,
-                       "kinds": list(cfg.kinds)},
+                       "kinds": list(cfg.kinds), "horizon": cfg.horizon,
+                       "extend": cfg.extend, "extend_share": share},
             "out": str(cfg.out)}
+
+
+def refresh_compare(folder: Path, horizon: int, share: float | None) -> dict[str, Any]:
+    """``compare.json`` of ``folder`` measured again from its arms' records (after
+    :func:`degen.load.extend.extend` continued them): written back and returned."""
+    from degen.load.extend import load_run
+    from degen.report_compare import load_compare
+
+    folder = Path(folder)
+    s = load_compare(folder)
+    arms = [Arm(a["name"], dict(a["settings"]["engine"]), dict(a["settings"]["sampling"]))
+            for a in s["arms"]]
+    done = {a.name: load_run(folder / "arms" / a.name) for a in arms}
+    c = s["config"]
+    cfg = CompareConfig(out=folder, requests=c["requests"], runs=c["runs"],
+                        max_tokens=c["max_tokens"], seed=c["seed"], rate=c["rate"],
+                        arrivals=c["arrivals"], concurrency=c["concurrency"],
+                        kinds=tuple(c["kinds"]), horizon=horizon, extend=share is not None,
+                        extend_share=share or 1.0)
+    cats = {r["prompt_id"]: r["category"] for a in s["arms"] for r in a["by_prompt"]}
+    new = summarize_compare(arms, done, cfg, cats)
+    new.update({k: s[k] for k in ("engines", "versions", "wall_s") if k in s})
+    write_json_atomic(folder / "compare.json", new)
+    return new

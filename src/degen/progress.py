@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from degen.measure import is_failure
 from degen.records import Completion
 
 
@@ -30,7 +31,7 @@ class Progress:
     def update(self, c: Completion) -> None:
         with self._lock:
             self.done += 1
-            self.failures += c.is_failure
+            self.failures += is_failure(c)
             self.errors += c.is_error
             if not c.is_error:
                 self.tokens += c.completion_tokens or 0
@@ -97,7 +98,7 @@ class RichProgress(Progress):
 
         self._bar: Any = _P(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("runaways [red]{task.fields[failures]}[/]"),
+            TextColumn("failing [red]{task.fields[failures]}[/]"),
             TextColumn("errors {task.fields[errors]}"),
             TextColumn("{task.fields[tok_s]:.0f} tok/s"),
             TimeElapsedColumn(), TimeRemainingColumn(),

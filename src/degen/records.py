@@ -23,13 +23,16 @@ Semantics worth pinning down (engines follow these; see docs/parameters.md):
   tokens repeated that many times: vLLM's ``repetition_detection`` (it ends such a
   generation with finish_reason ``"repetition"``). Only the vLLM dialect sends it.
 - ``finish_reason`` is ``"stop"`` (an end token or a stop string), ``"length"``
-  (``max_tokens`` or the context ran out: a runaway), ``"repetition"`` (cut early
+  (``max_tokens`` or the context ran out: *capped*), ``"repetition"`` (cut early
   because a loop was confirmed: by degen's watch, or by vLLM's repetition_detection),
-  ``"degenerate"`` (cut early because the watch confirmed babble or glued words) or
-  ``"error"`` (the request failed; never counted as a runaway) or ``"cancelled"``
-  (the caller withdrew it: a pruned trial, a dropped racing arm, Ctrl-C; its partial
-  text and tokens are kept, it is neither a failure nor a success, and a resumed run
-  sends it again). A *failure* is a runaway or a cut.
+  ``"degenerate"`` (cut early because the watch confirmed babble or glued words),
+  ``"runaway"`` (cut early because the watch predicted it would not end by the
+  horizon), ``"error"`` (the request failed; never counted as a runaway) or
+  ``"cancelled"`` (the caller withdrew it: a pruned trial, a dropped racing arm,
+  Ctrl-C; its partial text and tokens are kept, it is neither a failure nor a success,
+  and a resumed run sends it again). A *failure* is a runaway (it would not end by the
+  horizon: known by extension, or predicted) or a degenerate kind; reaching the cap
+  is not one by itself (see :mod:`degen.measure`).
 """
 
 from __future__ import annotations
@@ -43,10 +46,11 @@ from typing import Any, ClassVar, Literal
 
 from degen.errors import InvalidParams
 
-FinishReason = Literal["stop", "length", "repetition", "degenerate", "error", "cancelled"]
-FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "degenerate", "error",
-                                   "cancelled")
-CUT_REASONS: tuple[str, ...] = ("repetition", "degenerate")  # a watch cut it early
+FinishReason = Literal["stop", "length", "repetition", "degenerate", "runaway", "error",
+                       "cancelled"]
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "repetition", "degenerate", "runaway",
+                                   "error", "cancelled")
+CUT_REASONS: tuple[str, ...] = ("repetition", "degenerate", "runaway")  # cut early
 PENALTY_SCOPES: tuple[str, ...] = ("prompt+output", "output")
 
 
@@ -195,6 +199,12 @@ class Request:
     run: int = 0
     index: int = 0
     scheduled_at: float | None = None
+    #: an extension (see :mod:`degen.load.extend`): the tokens (and their text) already
+    #: generated for this prompt, to be continued, not repeated; ``params.max_tokens``
+    #: then counts them too (the horizon), and the answer holds only the new tokens
+    continuation_ids: tuple[int, ...] | None = None
+    continuation_text: str | None = None
+    continued: int = 0  # how many tokens that is (the length of ``continuation_ids``)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -203,6 +213,13 @@ class Request:
             )
         if self.messages is not None:
             object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+        if self.continuation_ids is not None:
+            object.__setattr__(self, "continuation_ids",
+                               tuple(int(t) for t in self.continuation_ids))
+            object.__setattr__(self, "continued", len(self.continuation_ids))
+        if self.continued and self.params.max_tokens <= self.continued:
+            raise InvalidParams(f"request {self.request_id}: a continuation of "
+                                f"{self.continued} tokens needs max_tokens above that")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +255,9 @@ class Completion:
     """The outcome of one request: what was asked, what came back, how and when.
 
     ``finish_reason="length"`` means the generation ended because ``max_tokens`` (or
-    the model's context) ran out before any end token: the runaway seed 000 counts.
+    the model's context) ran out before any end token: it was *capped* (seed 000's
+    proxy for a runaway; an extension, ``extra["outcome"]``, says whether it would have
+    ended by the horizon).
     ``"error"`` means no generation could be had; ``error`` says why.
     """
 
@@ -294,20 +313,16 @@ class Completion:
         return self.finish_reason not in ("error", "cancelled")
 
     @property
-    def is_runaway(self) -> bool:
-        """Hit ``max_tokens`` (or the context) without an end token."""
+    def is_capped(self) -> bool:
+        """Reached ``max_tokens`` (or the context) without an end token (whether it
+        would have ended later is what :func:`degen.measure.status` says)."""
         return self.finish_reason == "length"
 
     @property
     def is_cut(self) -> bool:
-        """Stopped early because the watch confirmed a loop, babble or glued words (it
-        would have gone on degenerating)."""
+        """Stopped early because the watch confirmed a loop, babble or glued words, or
+        predicted it would never end."""
         return self.finish_reason in CUT_REASONS
-
-    @property
-    def is_failure(self) -> bool:
-        """A runaway, or a degeneration cut before it could become one."""
-        return self.finish_reason == "length" or self.finish_reason in CUT_REASONS
 
     @classmethod
     def from_request(cls, request: Request, **fields: Any) -> Completion:

@@ -85,6 +85,28 @@ def headline(s: dict[str, Any]) -> str:
     return "no trial finished"
 
 
+def runaway_headline(s: dict[str, Any]) -> str | None:
+    """The confirmation's runaways, capped and degenerate generations, defaults -> best."""
+    c = s.get("confirmation")
+    if not c or not c.get("best"):
+        return None
+    base, best = c["arms"]["baseline"]["measure"], c["arms"][c["best"]]["measure"]
+    if "runaways" not in base:
+        return None
+    h = c.get("horizon")
+    n_b, n_t = base["n"], best["n"]
+    known = base.get("runaways_known", 0) + best.get("runaways_known", 0)
+    total = base["runaways"] + best["runaways"]
+    how = ("known by extension" if known == total else "predicted" if not known
+           else "known by extension where continued, else predicted")
+    if c.get("extend_share") not in (None, 1.0):
+        how += f" (a share {c['extend_share']:g} continued: two-phase estimate)"
+    return (f"runaways (would not end by {h:,} tokens, {how}): {base['runaways']}/{n_b} at "
+            f"the defaults -> {best['runaways']}/{n_t}; capped {base['capped']} -> "
+            f"{best['capped']} (of them long answers that end: {base['long']} -> "
+            f"{best['long']}); degenerate {base['degenerate']} -> {best['degenerate']}")
+
+
 # ------------------------------------------------------------------------ plots
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
@@ -238,7 +260,9 @@ def render_html(s: dict[str, Any]) -> str:
              f"{e(str(s['engine'].get('model', '')))}, {s['n_complete']} finished trials, "
              f"{s['n_pruned']} pruned, {s['generated_tokens']:,} tokens generated, "
              f"{s.get('wall_s', 0):.0f} s</p>",
-             f"<div class='head'><b>Result.</b> {e(headline(s))}</div>"]
+             f"<div class='head'><b>Result.</b> {e(headline(s))}"
+             + (f"<br>{e(runaway_headline(s) or '')}" if runaway_headline(s) else "")
+             + "</div>"]
     c = s.get("confirmation")
     if c:
         rows = []
@@ -253,6 +277,11 @@ def render_html(s: dict[str, Any]) -> str:
             parts.append(f"<p>Paired on the same requests: both failed {t['both']}, only "
                          f"{e(c['best'])} {t['only_first']}, only the baseline "
                          f"{t['only_second']}, neither {t['neither']}.</p>")
+        from degen.report_survival import survival_html
+
+        parts.extend(survival_html(
+            [(n, {**a["measure"], "lengths": a.get("lengths")}) for n, a in c["arms"].items()],
+            cfg.get("max_tokens"), c.get("horizon")))
     if s.get("best"):
         parts.append("<h2>Best parameters</h2><pre>"
                      + e(json.dumps(s["best"]["values"], indent=1)) + "</pre>")
@@ -304,6 +333,8 @@ def render_html(s: dict[str, Any]) -> str:
 
 def render_markdown(s: dict[str, Any]) -> str:
     lines = [f"# degen tune: {s['study']}", "", f"**Result.** {headline(s)}", ""]
+    if runaway_headline(s):
+        lines += [str(runaway_headline(s)), ""]
     c = s.get("confirmation")
     if c:
         lines += [f"## Confirmed on {c['requests']} new requests", "",

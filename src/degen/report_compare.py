@@ -78,6 +78,10 @@ def render_html(s: dict[str, Any]) -> str:
                  [[e(p["a"]), e(p["b"]), e(_diff(p)), str(p["table"]["only_first"]),
                    str(p["table"]["only_second"]), str(p["pairs"]), f"{p['p_value']:.3g}",
                    f"{p['p_adjusted']:.3g}"] for p in s["pairs"]])]
+    from degen.report_survival import survival_html
+
+    parts.extend(survival_html([(a["name"], a) for a in arms], cfg["max_tokens"],
+                               cfg.get("horizon")))
     names, rows = _category_rows(s)
     parts.append("<h2>Which prompts fail, by category</h2>"
                  + _table(["category", *names], [[e(x) for x in r] for r in rows]))

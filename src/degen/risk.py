@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from degen.measure import finding_of, is_failure
+from degen.measure import FAILURE_KINDS, finding_of, is_failure
 from degen.records import Completion
 from degen.stats import wilson_interval
 
@@ -61,7 +61,7 @@ def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-(r["failure_rate"] or 0.0), -r["failures"], -r["n"]))
 
 
-def by_prompt(cs: Sequence[Completion], kinds: Sequence[str] = ("runaway",),
+def by_prompt(cs: Sequence[Completion], kinds: Sequence[str] = FAILURE_KINDS,
               categories: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per prompt (``prompt_id``, ``category``, ``n``, ``failures``,
     ``failure_rate``, ``ci95``, and ``example`` when one failed), worst first."""
@@ -72,7 +72,7 @@ def by_prompt(cs: Sequence[Completion], kinds: Sequence[str] = ("runaway",),
                      **_row(g, kinds)} for pid, g in groups.items()])
 
 
-def by_category(cs: Sequence[Completion], kinds: Sequence[str] = ("runaway",),
+def by_category(cs: Sequence[Completion], kinds: Sequence[str] = FAILURE_KINDS,
                 categories: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per prompt category (``category``, ``prompts``, ``n``, ``failures``,
     ``failure_rate``, ``ci95``), worst first."""
@@ -83,7 +83,7 @@ def by_category(cs: Sequence[Completion], kinds: Sequence[str] = ("runaway",),
                      **_row(g, kinds)} for cat, g in groups.items()])
 
 
-def risk(cs: Sequence[Completion], kinds: Sequence[str] = ("runaway",),
+def risk(cs: Sequence[Completion], kinds: Sequence[str] = FAILURE_KINDS,
          categories: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``{"by_prompt": [...], "by_category": [...]}`` for ``cs``."""
     return {"by_prompt": by_prompt(cs, kinds, categories),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -114,4 +115,61 @@ def holm(p_values: Sequence[float]) -> list[float]:
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         out[i] = running
+    return out
+
+
+def two_phase(items: Sequence[tuple[float, float | None]], share: float,
+              z: float = Z95) -> dict[str, Any]:
+    """A rate from a prediction on every unit and the truth on a random share of them.
+
+    Each item is ``(prediction, truth or None)``: the prediction (a probability, or
+    0/1) for every unit, the truth (0 or 1) for those drawn into the second phase, each
+    drawn with probability ``share`` independently of its value (units whose truth the
+    first phase already knows carry it as both). Every unit counts
+    ``prediction + (truth - prediction) / share`` when drawn, else its prediction: the
+    mean of those is unbiased for the rate whatever the predictions are (a good
+    predictor only makes it tighter). The 95% interval is Wilson's at the effective n
+    ``rate (1 - rate) / var``, with the variance of the mean estimated from the units'
+    values.
+
+    >>> two_phase([(1.0, 1.0), (0.0, 0.0), (0.5, 1.0), (0.5, None)], 0.5)["rate"]
+    0.75
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    n = len(items)
+    drawn = sum(t is not None for _, t in items)
+    if n == 0:
+        return {"rate": None, "ci95": [0.0, 1.0], "n": 0, "n_eff": 0.0, "share": share,
+                "known": 0}
+    ys = [p + (t - p) / share if t is not None else p for p, t in items]
+    mean = sum(ys) / n
+    var = sum((y - mean) ** 2 for y in ys) / (n - 1) if n > 1 else 0.0
+    rate = min(1.0, max(0.0, mean))
+    se2 = var / n
+    n_eff = rate * (1 - rate) / se2 if se2 > 0 and 0 < rate < 1 else float(n)
+    n_eff = max(1.0, n_eff)
+    lo, hi = wilson_interval(rate * n_eff, n_eff, z)
+    return {"rate": rate, "ci95": [lo, hi], "n": n, "n_eff": n_eff, "share": share,
+            "known": drawn}
+
+
+def kaplan_meier(data: Sequence[Sequence[int]]) -> list[tuple[int, float]]:
+    """The Kaplan-Meier estimate of the share still going after each length, from
+    ``[length, ended]`` pairs (``ended`` 0: last seen still going there, censored).
+    Returns ``(length, share)`` steps, starting at ``(0, 1.0)``; past the longest
+    length seen the share is unknown.
+
+    >>> kaplan_meier([[10, 1], [20, 0], [30, 1]])
+    [(0, 1.0), (10, 0.6667), (30, 0.0)]
+    """
+    times = sorted({int(t) for t, _ in data})
+    out = [(0, 1.0)]
+    s = 1.0
+    for t in times:
+        at_risk = sum(1 for x, _ in data if x >= t)
+        ended = sum(1 for x, e in data if x == t and e)
+        if ended and at_risk:
+            s *= 1 - ended / at_risk
+            out.append((t, round(s, 4)))
     return out

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from degen.measure import is_failure
+from degen.measure import FAILURE_KINDS, is_failure
 from degen.prompts import Prompt
 from degen.records import Completion
 from degen.stats import wilson_interval
@@ -32,7 +32,7 @@ FLOOR = 0.25
 
 
 def stress_weights(pilot: Sequence[Completion], prompts: Sequence[Prompt],
-                   kinds: Sequence[str] = ("runaway",), floor: float = FLOOR
+                   kinds: Sequence[str] = FAILURE_KINDS, floor: float = FLOOR
                    ) -> tuple[float, ...]:
     """Each prompt's chance in the stress plan, from a first pass ``pilot``.
 
@@ -58,7 +58,7 @@ def stress_weights(pilot: Sequence[Completion], prompts: Sequence[Prompt],
 
 
 def reweighted(cs: Sequence[Completion], prompts: Sequence[Prompt],
-               weights: Sequence[float], kinds: Sequence[str] = ("runaway",)
+               weights: Sequence[float], kinds: Sequence[str] = FAILURE_KINDS
                ) -> dict[str, Any]:
     """The original mix's failure rate from a stress plan's completions: ``rate``
     (unbiased), ``ci95`` (Wilson at the effective n), ``n_eff``, and the stress

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from degen.records import Completion
-from degen.stats import percentile, wilson_interval
+from degen.stats import percentile
 
 
 def _span(cs: list[Completion]) -> float:
@@ -25,47 +25,42 @@ def _span(cs: list[Completion]) -> float:
     return max(0.0, max(ends) - min(starts))
 
 
-def rate_block(failures: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(failures, n)
-    return {"n": n, "failures": failures, "failure_rate": failures / n if n else None,
-            "ci95": [lo, hi]}
-
-
 def summarize(completions: Iterable[Completion], out: str | None = None,
-              categories: Mapping[str, str] | None = None) -> dict[str, Any]:
+              categories: Mapping[str, str] | None = None, horizon: int | None = None,
+              extend_share: float | None = None) -> dict[str, Any]:
     """The summary ``degen run`` prints (and ``--json`` emits).
 
-    ``failures`` are runaways (``finish_reason == "length"``) and loops cut early
-    (``"repetition"``, counted again in ``cut``) among the requests that did not
-    error; ``failure_rate`` and ``ci95`` (Wilson, 95%) are over those
-    ``valid`` requests. Errors are counted apart, never as runaways. When the records
-    carry verdicts, ``kinds`` gives each detector kind's count, rate and interval.
-    ``by_prompt`` and ``by_category`` give the failure rate of each prompt and prompt
-    category (see :mod:`degen.risk`; ``categories`` maps prompt ids to categories).
-    Cancelled requests are counted in ``cancelled`` and nowhere else.
+    ``failures`` are runaways (generations that would not end by the horizon: known
+    by extension, ``runaways_known``, or predicted by the watch) and degenerate
+    generations (a loop, babble or glued words: cut early or in the verdict) among the
+    requests that did not error; ``failure_rate`` and ``ci95`` (Wilson, 95%) are over
+    those ``valid`` requests (with an extension of a share of them, the two-phase
+    estimate, ``estimate``). ``capped`` counts the generations that reached the cap,
+    ``long`` those of them that end by the horizon. Errors are counted apart, never as
+    failures. When the records carry verdicts, ``kinds`` gives each detector kind's
+    count, rate and interval. ``by_prompt`` and ``by_category`` give the failure rate
+    of each prompt and prompt category (see :mod:`degen.risk`; ``categories`` maps
+    prompt ids to categories). Cancelled requests are counted in ``cancelled`` and
+    nowhere else.
     """
+    from degen.measure import FAILURE_KINDS, Measure
     from degen.risk import risk
 
     cs = list(completions)
     by_run: dict[int, list[Completion]] = defaultdict(list)
     for c in cs:
         by_run[c.run].append(c)
-    errors = sum(c.is_error for c in cs)
-    cancelled = sum(c.is_cancelled for c in cs)
+    m = Measure.of(cs, FAILURE_KINDS, horizon, extend_share)
     valid = [c for c in cs if c.is_measured]
-    failures = sum(c.is_failure for c in valid)
-    cut = sum(c.is_cut for c in valid)
     tokens = sum(c.completion_tokens or 0 for c in valid)
     wall = sum(_span(v) for v in by_run.values())
     lat = [c.timings.latency_s for c in valid if c.timings.latency_s is not None]
     ttft = [c.timings.ttft_s for c in valid if c.timings.ttft_s is not None]
-    block = rate_block(failures, len(valid))
     runs = []
     for run in sorted(by_run):
-        v = [c for c in by_run[run] if c.is_measured]
-        r = rate_block(sum(c.is_failure for c in v), len(v))
-        r.update(run=run, errors=sum(c.is_error for c in by_run[run]))
-        runs.append(r)
+        r = Measure.of(by_run[run], FAILURE_KINDS, horizon, extend_share)
+        runs.append({"run": run, "n": r.n, "failures": r.failures, "failure_rate": r.rate,
+                     "ci95": list(r.ci95), "errors": r.errors})
     first_error = next((c.error for c in cs if c.is_error), None)
     judged = [c.verdict for c in valid if c.verdict is not None]
     kinds = None
@@ -75,13 +70,20 @@ def summarize(completions: Iterable[Completion], out: str | None = None,
         kinds = kind_rates(judged)
     return {
         "n": len(cs),
-        "valid": len(valid),
-        "failures": failures,
-        "cut": cut,
-        "failure_rate": block["failure_rate"],
-        "ci95": block["ci95"],
-        "errors": errors,
-        "cancelled": cancelled,
+        "valid": m.n,
+        "failures": m.failures,
+        "cut": m.cut,
+        "failure_rate": m.rate,
+        "ci95": list(m.ci95),
+        "capped": m.capped,
+        "runaways": m.runaways,
+        "runaways_known": m.runaways_known,
+        "runaways_predicted": m.runaways - m.runaways_known,
+        "long": m.long,
+        "degenerate": m.degenerate,
+        "estimate": m.estimate,
+        "errors": m.errors,
+        "cancelled": m.cancelled,
         "first_error": first_error,
         "completion_tokens": tokens,
         "wall_s": wall,

@@ -39,7 +39,7 @@ def test_three_input_formats(tmp_path: Path) -> None:
     plain = {"id": "x", "text": FINE, "prompt": "How do I brew green tea?"}
     cs = list(read_completions(write(tmp_path, [record, openai_resp, plain, {"text": "hi"}])))
     assert [c.request_id for c in cs] == ["0-0", "chatcmpl-1", "x", "4"]
-    assert cs[0].is_runaway and cs[1].completion_tokens == 30 and cs[2].prompt.startswith("How")
+    assert cs[0].is_capped and cs[1].completion_tokens == 30 and cs[2].prompt.startswith("How")
 
 
 def test_jsonl_verdicts_in_input_order(tmp_path: Path) -> None:
@@ -50,7 +50,8 @@ def test_jsonl_verdicts_in_input_order(tmp_path: Path) -> None:
     vs = [json.loads(line) for line in r.stdout.splitlines()]
     assert [v["id"] for v in vs] == ["a", "b", "c"]
     assert set(vs[0]) == {"id", "degenerate", "kinds", "findings", "metrics"}
-    assert vs[0]["kinds"] == ["loop", "runaway"] and vs[1]["kinds"] == ["spacing"]
+    # capped; whether it would have ended is the runaway fit's call (tests/test_runaway.py)
+    assert {"capped", "loop"} <= set(vs[0]["kinds"]) and vs[1]["kinds"] == ["spacing"]
     assert vs[2] == {**vs[2], "degenerate": False, "kinds": [], "findings": []}
     loop = next(f for f in vs[0]["findings"] if f["kind"] == "loop")
     # the "." ending "Once upon a time." already belongs to the periodic region

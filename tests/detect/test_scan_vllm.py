@@ -97,7 +97,7 @@ def test_saved_prompts_and_finish_reasons_are_used(tmp_path: Path) -> None:
                          finish_reasons=["length", "stop", None, "stop"])
     cs = list(read_completions(save(tmp_path / "bench.json", result)))
     assert [c.prompt for c in cs] == [prompts[0], prompts[1], prompts[3]]
-    assert cs[0].is_runaway and not cs[2].is_runaway
+    assert cs[0].is_capped and not cs[2].is_capped
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

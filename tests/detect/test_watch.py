@@ -184,7 +184,7 @@ def test_cut_kinds_and_reasons() -> None:
     with pytest.raises(InvalidParams, match="unknown kind 'babble'"):
         cut_kinds("babble")
     assert CUT_REASON == {"loop": "repetition", "gibberish": "degenerate",
-                          "spacing": "degenerate"}
+                          "spacing": "degenerate", "runaway": "runaway"}
 
 
 @pytest.mark.parametrize("cfg", [

@@ -10,6 +10,7 @@ import pytest
 
 from degen.engines.base import Engine
 from degen.engines.openai import OpenAIEngine
+from degen.measure import is_failure
 from degen.records import Request, SamplingParams
 
 COUNT = ({"role": "user", "content": "List the numbers from 1 to 12, separated by commas."},)
@@ -48,7 +49,7 @@ def test_identity_fields_and_timings(engine: Engine) -> None:
 
 def test_max_tokens_is_a_runaway(engine: Engine) -> None:
     c = engine.complete(req("b", STORY, temperature=0, max_tokens=7))
-    assert c.finish_reason == "length" and c.is_runaway
+    assert c.finish_reason == "length" and c.is_capped
     assert c.completion_tokens == 7
 
 
@@ -90,7 +91,7 @@ def test_concurrent_calls_are_safe(engine: Engine) -> None:
 def test_a_bad_request_is_an_error_record_not_an_exception(engine: Engine) -> None:
     huge = ({"role": "user", "content": "word " * 9000},)
     c = engine.complete(req("g", huge, max_tokens=8))
-    assert c.finish_reason == "error" and c.error and not c.is_runaway
+    assert c.finish_reason == "error" and c.error and not c.is_capped
 
 
 def test_raw_prompts(engine: Engine) -> None:
@@ -127,7 +128,7 @@ def test_cancel_ends_a_generation_at_once_and_frees_the_engine(cancellable: Engi
     t.join(10)
     assert got and time.monotonic() - t0 < 1.0
     c = got[0]
-    assert c.finish_reason == "cancelled" and c.is_cancelled and not c.is_failure
+    assert c.finish_reason == "cancelled" and c.is_cancelled and not is_failure(c)
     assert c.text and 0 < (c.completion_tokens or 0) < 2000  # what it had generated
     # nothing keeps generating: the local batch is empty, and the llama.cpp server
     # (one request at a time) answers the next request at once, not after 2000 tokens

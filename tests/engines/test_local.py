@@ -15,6 +15,7 @@ from degen.engines import hf
 from degen.engines.local import LocalEngine
 from degen.errors import ModelNotFound
 from degen.load.schedule import Plan
+from degen.measure import is_failure
 from degen.prompts import load_prompts
 from degen.records import Request, SamplingParams
 
@@ -141,7 +142,7 @@ def test_penalizing_the_end_of_turn_token_causes_runaways() -> None:
     with LocalEngine(batch_size=12) as eng:  # one batch: a runaway costs no extra wave
         for name, p in variants.items():
             rs = [replace(r, params=p) for r in plan.requests_for(0)]
-            runaways[name] = sum(c.is_runaway for c in eng.generate(rs))
+            runaways[name] = sum(c.is_capped for c in eng.generate(rs))
     assert runaways["default"] >= 9, runaways
     assert runaways["eot exempt"] <= 2, runaways
     assert runaways["output only"] <= 3, runaways
@@ -278,7 +279,7 @@ def test_guard_cuts_a_looping_row_early_and_leaves_others_alone() -> None:
         c_loop, c_fine = (f.result() for f in [eng.submit(loop), eng.submit(fine)])
     finally:
         eng.close()
-    assert c_loop.finish_reason == "repetition" and c_loop.is_failure
+    assert c_loop.finish_reason == "repetition" and is_failure(c_loop)
     assert c_loop.completion_tokens < 100
     assert c_loop.extra["cut"]["kind"] == "loop" and c_loop.extra["cut"]["evidence"]["period"]
     assert c_fine.finish_reason == "stop"
@@ -312,7 +313,7 @@ def test_guard_cuts_babble_as_degenerate_and_records_the_models_logprobs() -> No
     cut = [c for c in cs if c.finish_reason == "degenerate"]
     assert len(cut) >= 2, [(c.finish_reason, c.text[-80:]) for c in cs]
     for c in cut:
-        assert c.is_cut and c.is_failure and c.completion_tokens < 200
+        assert c.is_cut and is_failure(c) and c.completion_tokens < 200
         assert c.extra["cut"]["kind"] in ("gibberish", "spacing")
         assert "surprise" in c.extra["cut"]["evidence"]["measures"]
     for c in cs:
@@ -363,3 +364,62 @@ def test_vllms_server_side_repetition_stop_is_reported_as_not_applied() -> None:
     assert set(eng.unsupported(SamplingParams(repetition_min_count=3))) == {
         "repetition_min_count"}
     assert eng.unsupported(SamplingParams(top_k=5, no_repeat_ngram_size=3)) == {}
+
+
+# ---------------------------------------------------------------- runaways
+def test_stopping_evidence_is_the_models_probability_of_ending(local_engine: LocalEngine
+                                                               ) -> None:
+    eng = LocalEngine(batch_size=2, logprobs=True)
+    try:
+        r = reqs(SamplingParams(temperature=0, max_tokens=24), 1, start=5)[0]
+        c = eng.complete(r)
+        ids = eng.encode(r)
+        model, stops = eng.hf_model, sorted(eng.stop_ids)
+    finally:
+        eng.close()
+    x = c.extra
+    assert len(x["stop_logprobs"]) == len(x["logprobs"]) == len([t for t in c.token_ids
+                                                                  if t not in stops])
+    with torch.inference_mode():  # the same numbers, straight from one forward pass
+        seq = torch.tensor([ids + list(c.token_ids)])
+        lsm = model(input_ids=seq).logits[0].float().log_softmax(-1)
+    for k in (0, 7, len(x["stop_logprobs"]) - 1):
+        pos = len(ids) - 1 + k  # the step that produced token k
+        want = lsm[pos, stops].logsumexp(-1).item()
+        assert x["stop_logprobs"][k] == pytest.approx(want, abs=2e-3)
+        assert x["logprobs"][k] == pytest.approx(lsm[pos, c.token_ids[k]].item(), abs=2e-3)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_a_continuation_goes_on_token_for_token(local_engine: LocalEngine,
+                                                penalty: float) -> None:
+    """Greedy: a generation continued from its 40th token is the one that ran on, with
+    the penalty seeing every token so far, whatever batch it shares."""
+    p = SamplingParams(temperature=0, max_tokens=90, repetition_penalty=penalty)
+    rs = reqs(p, 8)
+    whole = local_engine.generate(rs)
+    long = [(r, c) for r, c in zip(rs, whole, strict=True) if c.completion_tokens > 45][:3]
+    assert long
+    for r, c in long:
+        head = local_engine.complete(replace(r, params=replace(p, max_tokens=40)))
+        rest = local_engine.complete(replace(
+            r, continuation_ids=head.token_ids, continuation_text=head.text))
+        assert head.token_ids + rest.token_ids == c.token_ids
+        assert head.text + rest.text == c.text
+        assert rest.completion_tokens == c.completion_tokens - 40 and rest.prompt_tokens \
+            == c.prompt_tokens
+
+
+def test_a_model_without_an_end_token_is_refused(tmp_path: Path,
+                                                 local_engine: LocalEngine) -> None:
+    def edit(d: Path) -> None:
+        for name in ("generation_config.json", "config.json", "tokenizer_config.json"):
+            cfg = json.loads((d / name).read_text())
+            for key in ("eos_token_id", "eos_token"):
+                cfg.pop(key, None)
+            (d / name).write_text(json.dumps(cfg))
+
+    eng = LocalEngine(model=str(hf_copy(tmp_path, local_engine, edit)))
+    with pytest.raises(ModelNotFound, match="declares no end-of-sequence token"):
+        eng.load()
+    eng.close()

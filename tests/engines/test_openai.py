@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from degen.engines.evidence import STOP_TOP_LOGPROBS
 from degen.engines.openai import (
     OpenAIEngine,
     build_body,
@@ -18,6 +19,7 @@ from degen.engines.openai import (
     unsupported_fields,
 )
 from degen.errors import InvalidParams, ServerUnreachable, UsageError
+from degen.measure import is_failure
 from degen.records import Request, SamplingParams
 from degen.testing.llamacpp import free_port
 from degen.testing.scripted import OK_TEXT, ScriptedServer
@@ -69,6 +71,8 @@ def test_plain_openai_gets_only_standard_fields() -> None:
 def test_logprobs_are_asked_in_every_dialect(dialect: str) -> None:
     _, body = build_body(req(), "m", dialect, "auto", stream=True, logprobs=True)
     assert body["logprobs"] is True and body["top_logprobs"] == 1
+    _, body = build_body(req(), "m", dialect, "auto", stream=True, logprobs=True, top=20)
+    assert body["top_logprobs"] == 20
     r = Request("r", "p", SamplingParams(), prompt="Once")
     _, body = build_body(r, "m", dialect, "auto", stream=True, logprobs=True)
     assert body["logprobs"] == 1 and "top_logprobs" not in body
@@ -159,7 +163,7 @@ def test_retries_5xx_then_succeeds(stream: bool) -> None:
 def test_persistent_5xx_becomes_an_error_record_not_a_runaway() -> None:
     with ScriptedServer(["e500"]) as srv:
         c = engine(srv, max_retries=2).complete(req())
-    assert c.finish_reason == "error" and not c.is_runaway
+    assert c.finish_reason == "error" and not c.is_capped
     assert "HTTP 500" in c.error and "internal boom" in c.error and c.attempts == 3
 
 
@@ -209,7 +213,7 @@ def test_malformed_sse_is_an_error_without_retry() -> None:
 def test_length_is_recorded_as_a_runaway() -> None:
     with ScriptedServer(["length"]) as srv:
         c = engine(srv).complete(req())
-    assert c.is_runaway and c.text == "again again again"
+    assert c.is_capped and c.text == "again again again"
 
 
 def test_streaming_records_time_to_first_token_and_usage() -> None:
@@ -230,7 +234,7 @@ def test_guard_cuts_a_looping_stream_and_closes_the_connection() -> None:
         while not srv.closed_at and time.monotonic() < deadline:
             time.sleep(0.01)
         assert srv.closed_at  # the upstream request was abandoned, not read to the end
-    assert c.finish_reason == "repetition" and c.is_failure
+    assert c.finish_reason == "repetition" and is_failure(c)
     cut = c.extra["cut"]
     assert cut["kind"] == "loop"
     assert cut["evidence"]["period"] == 7  # "The cat sat on the mat ." (a rotation)
@@ -255,7 +259,7 @@ def test_guard_leaves_what_the_prompt_asked_for_alone() -> None:
 def test_guard_cuts_babble_and_glued_words_as_degenerate(text: str, kind: str) -> None:
     with ScriptedServer(["echo"], echo_text=text) as srv:
         c = engine(srv, stream=True, guard=True).complete(req())
-    assert c.finish_reason == "degenerate" and c.is_cut and c.is_failure
+    assert c.finish_reason == "degenerate" and c.is_cut and is_failure(c)
     assert c.extra["cut"]["kind"] == kind
     assert len(c.text) < len(text) and text.startswith(c.text)
 
@@ -278,12 +282,48 @@ def test_logprobs_are_asked_fed_and_stored(stream: bool) -> None:
             eng = engine(srv, logprobs=True)
         c = eng.complete(req())
         sent = srv.bodies[-1]
-    assert sent["logprobs"] is True and sent["top_logprobs"] == 1
+    assert sent["logprobs"] is True and sent["top_logprobs"] == STOP_TOP_LOGPROBS
     if stream:
         assert c.extra["logprobs"] == [-0.1235] * -(-len(text) // 3)
         assert len(c.extra["logprobs"]) == c.completion_tokens
     else:  # the scripted server answers a whole response without logprobs
         assert "logprobs" not in c.extra
+
+
+@pytest.mark.parametrize("stop", [-2.5, None])
+def test_stopping_evidence_is_read_off_the_alternatives_and_stored(stop: float | None
+                                                                   ) -> None:
+    text = "The sea is calm today, and the boats are out early."
+    with ScriptedServer(["echo"], echo_text=text, stop_logprob=stop) as srv:
+        c = engine(srv, stream=True, logprobs=True).complete(req())
+        only = engine(srv, stream=True, logprobs=True, stop_evidence=False).complete(req())
+        assert srv.bodies[-1]["top_logprobs"] == 1
+    n = len(c.extra["logprobs"])
+    if stop is not None:  # exact: the end token was among the alternatives
+        assert c.extra["stop_logprobs"] == [stop] * n and "stop_upper" not in c.extra
+    else:  # not among them: below the last one, an upper bound
+        assert c.extra["stop_logprobs"] == [-12.0] * n and c.extra["stop_upper"] == [1] * n
+    assert "stop_logprobs" not in only.extra and len(only.extra["logprobs"]) == n
+    with pytest.raises(InvalidParams, match="stop evidence comes with"):
+        OpenAIEngine("http://127.0.0.1:1/v1", logprobs=False, stop_evidence=True)
+
+
+def test_a_continuation_is_sent_as_the_text_so_far() -> None:
+    so_far = Request("r", "p", SamplingParams(max_tokens=300), messages=CHAT,
+                     continuation_text="Once upon a time", continued=100)
+    path, body = build_body(so_far, "m", "vllm", "auto", stream=True)
+    assert path == "/chat/completions" and body["max_tokens"] == 200
+    assert body["messages"][-1] == {"role": "assistant", "content": "Once upon a time"}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    raw = Request("r", "p", SamplingParams(max_tokens=300), prompt="Q: sky? A:",
+                  continuation_text=" Blue", continued=1)
+    path, body = build_body(raw, "m", "llamacpp", "auto", stream=False)
+    assert path == "/completions" and body["prompt"] == "Q: sky? A: Blue"
+    assert body["max_tokens"] == 299
+    with ScriptedServer(["echo"]) as srv:  # a server that cannot continue a chat answer
+        c = engine(srv, dialect="llamacpp").complete(so_far)
+    assert c.finish_reason == "error" and "continue the last assistant message" in c.error
+    assert not srv.bodies  # nothing was sent
 
 
 def test_babble_with_logprobs_is_judged_with_them() -> None:
@@ -335,3 +375,9 @@ def test_llamacpp_gives_one_logprob_per_token(llamacpp_server, api: str, stream:
     lps = c.extra["logprobs"]
     assert c.completion_tokens and abs(len(lps) - c.completion_tokens) <= 1
     assert all(isinstance(v, float) and v <= 0 and round(v, 4) == v for v in lps)
+    # the stopping evidence, off llama.cpp's 20 alternatives (its special tokens are "")
+    stops = c.extra["stop_logprobs"]
+    upper = c.extra.get("stop_upper") or [0] * len(stops)
+    assert len(stops) == len(upper) == len(lps) and all(v <= 0 for v in stops)
+    if api == "chat":  # a short answer: its end token is among the alternatives at times
+        assert any(not u for u in upper)

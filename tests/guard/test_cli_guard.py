@@ -73,5 +73,5 @@ def test_the_command_guards_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert ("warning: penalty_scope=output is not applied: vllm always penalizes prompt "
             "tokens too") in output
     assert f"degen guard on {g.url} -> {up.base_url}" in output
-    assert "cutting loop, gibberish; watching spacing; logprobs asked" in output
+    assert "cutting loop, gibberish; watching spacing, runaway; logprobs asked" in output
     assert "k-123" not in output and "cut=loop@" in output

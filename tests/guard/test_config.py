@@ -67,11 +67,11 @@ def test_kinds_to_cut() -> None:
     assert c.logprobs is True
     assert GuardConfig(upstream="http://h:1", cut_kinds="loop").cut_kinds == {"loop"}
     assert GuardConfig(upstream="http://h:1", cut_kinds=()).cut_kinds == frozenset()
-    assert parse_kinds("all") == {"loop", "gibberish", "spacing"}
+    assert parse_kinds("all") == {"loop", "gibberish", "spacing", "runaway"}
     assert parse_kinds(" loop , spacing") == {"loop", "spacing"}
     assert parse_kinds(None) == parse_kinds("") == frozenset()
     with pytest.raises(InvalidParams, match="--no-cut: unknown kind 'loops'; use all or any "
-                       "of loop, gibberish, spacing"):
+                       "of loop, gibberish, spacing, runaway"):
         parse_kinds("gibberish,loops", "--no-cut")
 
 

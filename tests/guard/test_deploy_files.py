@@ -160,7 +160,7 @@ def test_example_config_loads() -> None:
     assert cfg.defaults
     assert cfg.shutdown_timeout == 30
     assert cfg.log_format == "json"
-    assert cfg.cut_kinds == GuardConfig(upstream="http://x").cut_kinds  # "all"
+    assert cfg.cut_kinds == GuardConfig(upstream="http://x").cut_kinds  # the default
     assert cfg.api_key is None  # keys come from the environment, not the file
 
 

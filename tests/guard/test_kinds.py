@@ -223,3 +223,51 @@ def test_the_cut_chunk_is_json_the_sdk_reads(make_guard) -> None:
     assert last["choices"] == [{"index": 0, "delta": {}, "logprobs": None,
                                 "finish_reason": "degenerate"}]
     assert last["degen"]["evidence"]["measures"]["glued"] > 0
+
+
+# ---------------------------------------------------------------- runaways
+# weights that read "the model never thinks of ending" as a runaway (the fitted ones
+# are scored in benchmarks/fit_runaway.py; these make the cut's mechanics testable)
+NEVER = {"stop": {"bias": -4.0, "stop_max": -1.5},
+         "logprobs": {"bias": -30.0}, "text": {"bias": -30.0}}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_cut_runaway_reads_the_stopping_evidence_and_cuts_a_stream_that_never_ends(
+        make_guard, stream: bool) -> None:
+    from degen.testing.scripted import prose
+
+    text = " ".join(prose(200))  # good prose: nothing degenerate in it
+    with ScriptedServer(["echo"]) as up:
+        g = make_guard(up, cut_kinds=frozenset({"loop", "runaway"}),
+                       runaway_weights=NEVER, horizon=4000)
+        # the model never puts weight on its end token: predicted never to end
+        last, evs = ask(g, text, stream=stream, scripted_stop_logprob=-20.0)
+        sent = up.bodies[-1]
+        # the same text from a model ready to end at every token: relayed whole
+        calm, _ = ask(g, text, stream=stream, scripted_stop_logprob=-0.5)
+    assert sent["top_logprobs"] == 20  # asked for the alternatives the evidence is in
+    assert last["choices"][0]["finish_reason"] == "runaway"
+    d = last["degen"]
+    assert d["kind"] == "runaway" and d["evidence"]["evidence"] == "stop"
+    assert d["evidence"]["at_token"] == 48 and d["evidence"]["horizon"] == 4000
+    got = text_of(evs) if stream else content(last)
+    assert text.startswith(got) and len(got) < len(text)
+    if stream:  # the alternatives the guard asked for never reach the client
+        assert all(c.get("logprobs") is None for e in evs if isinstance(e, dict)
+                   for c in e.get("choices", []))
+    assert calm["choices"][0]["finish_reason"] == "stop" and "degen" not in calm
+    m = g.guard.metrics
+    assert m.cuts.total(kind="runaway") == 1
+
+
+def test_runaways_are_watched_but_not_cut_unless_asked(make_guard) -> None:
+    from degen.testing.scripted import prose
+
+    text = " ".join(prose(120))
+    with ScriptedServer(["echo"]) as up:
+        g = make_guard(up, runaway_weights=NEVER)
+        last, _ = ask(g, text, stream=True, scripted_stop_logprob=-20.0)
+        assert up.bodies[-1]["top_logprobs"] == 1  # no alternatives asked
+    assert last["choices"][0]["finish_reason"] == "stop"
+    assert g.guard.metrics.cuts.total(kind="runaway") == 0

@@ -102,12 +102,28 @@ def test_the_cached_checkpoint_is_the_same_model_in_vllm(engine: OpenAIEngine) -
         local_engine.close()
     assert all(served[i].text == local[i].text for i in ids), \
         {i: (served[i].text, local[i].text) for i in ids}
+    exact = 0
     for i in ids:
         a, b = served[i].extra["logprobs"], local[i].extra["logprobs"]
         # vLLM also reports the end token's log-probability; the local engine stops there
         assert len(a) - len(b) == (served[i].finish_reason == "stop")
         gap = max(abs(x - y) for x, y in zip(a, b, strict=False))
         assert gap < 0.01, (i, gap)
+        # the stopping evidence, read off vLLM's 20 alternatives: where the end token is
+        # among them, the probability the local engine computes from the whole
+        # distribution; where it is not, a bound the true value is below
+        sa, sb = served[i].extra["stop_logprobs"], local[i].extra["stop_logprobs"]
+        upper = served[i].extra.get("stop_upper") or [0] * len(sa)
+        assert len(sa) == len(a) and len(sb) == len(b)
+        for x, y, u in zip(sa, sb, upper, strict=False):
+            if u:
+                assert y <= x + 0.01, (i, x, y)
+            else:
+                exact += 1
+                assert abs(x - y) < 0.01, (i, x, y)
+        if served[i].finish_reason == "stop":  # the last token is the end token itself
+            assert not upper[-1] and sa[-1] == a[-1]
+    assert exact >= 4
 
 
 # ---------------------------------------------------------------------- vLLM's own stop

@@ -14,6 +14,7 @@ import typer
 
 from degen.cli import compare as compare_cmd
 from degen.cli import doctor as doctor_cmd
+from degen.cli import extend as extend_cmd
 from degen.cli import guard as guard_cmd
 from degen.cli import memory as memory_cmd
 from degen.cli import profile as profile_cmd
@@ -36,6 +37,8 @@ app.command("profile", help=profile_cmd.HELP)(profile_cmd.profile_cmd)
 app.command("tune", help=tune_cmd.HELP)(tune_cmd.tune)
 app.command("compare", help=compare_cmd.HELP)(compare_cmd.compare)
 app.command("report", help=tune_cmd.REPORT_HELP)(tune_cmd.report_cmd)
+app.command("extend", help=extend_cmd.HELP)(extend_cmd.extend_cmd)
+app.command("fit-runaway", help=extend_cmd.FIT_HELP)(extend_cmd.fit_runaway_cmd)
 app.command("guard", help=guard_cmd.HELP)(guard_cmd.guard)
 app.command("memory", help=memory_cmd.HELP)(memory_cmd.memory)
 app.command("doctor", help=doctor_cmd.HELP)(doctor_cmd.doctor)

@@ -36,8 +36,11 @@ def compare(
     concurrency: o.Concurrency = None,
     seed: o.Seed = 0,
     fail_on: Annotated[str, typer.Option(
-        help="What counts as a failure: runaway (ran to the cap or was cut early), or "
-             "comma-separated detector kinds (loop, spacing, gibberish).")] = "runaway",
+        help="What counts as a failure, comma-separated: runaway (would not end by "
+             "--horizon), loop, spacing, gibberish.")] = "runaway,loop,spacing,gibberish",
+    horizon: o.Horizon = None,
+    extend_share: o.ExtendShare = None,
+    runaway_weights: o.RunawayWeights = None,
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default: runs/compare-YYYYmmdd-HHMMSS).")] = None,
     resume: Annotated[bool, typer.Option(
@@ -76,9 +79,13 @@ def compare(
     if not resume and (out / "arms").exists():
         raise UsageError(f"{out} already holds a comparison; pass --resume to continue it or "
                          "choose another --out")
+    h, extend_to, share, weights = o.runaway_settings(horizon, extend_share, max_tokens,
+                                                      runaway_weights)
     cfg = CompareConfig(out=out, requests=requests, runs=runs, max_tokens=max_tokens,
                         seed=seed, rate=parse_rate(rate), arrivals=arrivals,
-                        concurrency=concurrency, kinds=kinds, resume=resume)
+                        concurrency=concurrency, kinds=kinds, resume=resume, horizon=h,
+                        extend=extend_to is not None, extend_share=share,
+                        runaway_weights=weights)
     err = typer.echo
     log = (lambda s: None) if quiet else (lambda s: err(s, err=True))
     total = len(arms) * requests * runs
@@ -86,7 +93,8 @@ def compare(
     progress = (RichProgress if show else Progress)(total, "compare")
     try:
         s = run_compare(arms, ps, cfg, progress=progress,
-                        detectors=default_detectors(), log=log)
+                        detectors=default_detectors(horizon=h, runaway={"weights": weights}
+                                                    if weights else None), log=log)
     except KeyboardInterrupt:
         err(f"interrupted; continue with the same flags plus --resume --out {out}", err=True)
         raise typer.Exit(130) from None
@@ -110,15 +118,22 @@ def _public(s: dict[str, Any]) -> dict[str, Any]:
 def print_compare(s: dict[str, Any]) -> None:
     from degen.cli.run import print_risk
 
-    typer.echo(f"{'arm':<16} {'failure rate (95% CI)':<28} {'n':>4} {'tokens/req':>10} "
-               f"{'p50 s':>7}")
+    typer.echo(f"{'arm':<16} {'failure rate (95% CI)':<28} {'n':>4} {'runaways':>9} "
+               f"{'capped':>7} {'long':>5} {'degen.':>6} {'tokens/req':>10} {'p50 s':>7}")
     for a in s["arms"]:
         lo, hi = a["ci95"]
         rate = "-" if a["failure_rate"] is None else \
             f"{a['failure_rate']:.1%} ({lo:.1%}-{hi:.1%})"
         tpr = "-" if a["tokens_per_request"] is None else f"{a['tokens_per_request']:.0f}"
         p50 = "-" if a["latency_p50_s"] is None else f"{a['latency_p50_s']:.2f}"
-        typer.echo(f"{a['name']:<16} {rate:<28} {a['n']:>4} {tpr:>10} {p50:>7}")
+        typer.echo(f"{a['name']:<16} {rate:<28} {a['n']:>4} {a['runaways']:>9} "
+                   f"{a['capped']:>7} {a['long']:>5} {a['degenerate']:>6} {tpr:>10} {p50:>7}")
+    cfg = s["config"]
+    known = sum(a["runaways_known"] for a in s["arms"])
+    total = sum(a["runaways"] for a in s["arms"])
+    typer.echo(f"runaways: would not end by {cfg['horizon']:,} tokens ("
+               + ("known by extension" if known == total else "predicted" if not known
+                  else f"{known} of {total} known by extension, the rest predicted") + ")")
     typer.echo("")
     typer.echo(f"{'a':<12} {'b':<12} {'a - b (95% CI)':<26} {'p':>8} {'adjusted':>9}")
     for p in s["pairs"]:

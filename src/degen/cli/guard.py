@@ -84,8 +84,20 @@ def guard(
         rich_help_panel=PARAMS)] = None,
     cut: Annotated[str | None, typer.Option(
         "--cut", metavar="KINDS", help="Kinds that end a generation, comma-separated: loop, "
-        "gibberish, spacing, or all (the default). Every kind is watched and counted in "
-        "/metrics either way.", show_default=False, rich_help_panel=WATCH)] = None,
+        "gibberish, spacing (the default), runaway (predicted never to end: asks the "
+        "upstream for 20 alternatives per token to read the model's stopping evidence), "
+        "or all. Every kind is watched and counted in /metrics either way.",
+        show_default=False, rich_help_panel=WATCH)] = None,
+    horizon: Annotated[int | None, typer.Option(
+        help="A runaway would not end by this many tokens (default 8 x each request's "
+        "max_tokens).", show_default=False, rich_help_panel=WATCH)] = None,
+    runaway_weights: Annotated[str | None, typer.Option(
+        help="A runaway predictor fitted on your model's runs (degen fit-runaway).",
+        show_default=False, rich_help_panel=WATCH)] = None,
+    stop_token: Annotated[list[str] | None, typer.Option(
+        help="The text of a served model's stop token, if not a common one (<|im_end|>, "
+        "<|eot_id|>, </s>, ...; repeatable).", show_default=False,
+        rich_help_panel=WATCH)] = None,
     no_cut: Annotated[str | None, typer.Option(
         "--no-cut", metavar="KINDS", help="Kinds not to cut (taken out of --cut); --no-cut "
         "all only watches and counts (a dry run for a rollout).", show_default=False,
@@ -138,6 +150,7 @@ def guard(
         "max_body": max_body, "max_tokens_cap": max_tokens_cap, "default": default,
         "override": override, "params_from": params_from, "dialect": dialect, "cut": cut,
         "no_cut": no_cut, "cut_reason": cut_reason, "logprobs": logprobs,
+        "horizon": horizon, "runaway_weights": runaway_weights, "stop_tokens": stop_token,
         "holdback": holdback, "on_degenerate": on_degenerate, "retry_param": retry_param,
         "retry_params_from": retry_params_from, "shutdown_timeout": shutdown_timeout,
         "log_format": log_format, "log_content": log_content, "log_level": log_level})

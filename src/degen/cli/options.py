@@ -130,3 +130,35 @@ def engine_options(engine: str, *, model: str | None, base_url: str, api_key: st
 def check_positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise InvalidParams(f"{name} must be >= 1, got {value}")
+
+
+RUNAWAY = "Runaways"
+Horizon = Annotated[int | None, typer.Option(
+    help="A runaway is a generation that would not end by this many tokens (default 8 x "
+    "--max-tokens). Given, every generation that reached the cap is continued to it "
+    "(extension): its runaway is then known, not predicted.", show_default=False,
+    rich_help_panel=RUNAWAY)]
+ExtendShare = Annotated[float | None, typer.Option(
+    help="Continue only this share of the capped generations, chosen at random (0-1]; the "
+    "runaway rate is then a two-phase estimate (prediction on all, truth on the share).",
+    show_default=False, rich_help_panel=RUNAWAY)]
+RunawayWeights = Annotated[Path | None, typer.Option(
+    help="A runaway predictor fitted on your own model's runs (degen fit-runaway), "
+    "instead of the one degen ships for the model.", show_default=False,
+    rich_help_panel=RUNAWAY)]
+
+
+def runaway_settings(horizon: int | None, extend_share: float | None, max_tokens: int,
+                     weights: Path | None) -> tuple[int, int | None, float, Any]:
+    """From the flags: (the horizon runaways are judged against, the horizon to extend
+    to or None, the share to extend, the predictor's weights or None), checked."""
+    from degen.detect.runaway import check_weights
+    from degen.detect.runaway_weights import load_weights
+    from degen.load.extend import check_horizon, check_share, default_horizon
+
+    h = check_horizon(horizon, max_tokens) if horizon is not None \
+        else default_horizon(max_tokens)
+    share = check_share(extend_share) if extend_share is not None else 1.0
+    extend_to = h if horizon is not None or extend_share is not None else None
+    w = check_weights(load_weights(weights)) if weights is not None else None
+    return h, extend_to, share, w

@@ -12,11 +12,14 @@ import typer
 
 from degen.cli import options as o
 
-HELP = """Send one sampling configuration to an engine under load and report its runaway rate.
+HELP = """Send one sampling configuration to an engine under load and report its failure rate.
 
-A runaway is a generation that hit --max-tokens without an end token
-(finish_reason "length"). The rate comes with its Wilson 95% interval; errors are
-counted apart. Records go to OUT/records.jsonl as each request finishes."""
+A failure is a runaway (a generation that would not end by --horizon tokens, 8 x
+--max-tokens by default: known when --horizon is given, as every capped generation
+is then continued to it; else predicted by the watch) or a degenerate one (a loop,
+babble, glued words). Reaching --max-tokens alone is "capped", not a failure. The
+rate comes with its Wilson 95% interval; errors are counted apart. Records go to
+OUT/records.jsonl as each request finishes, continuations to OUT/extensions.jsonl."""
 
 
 def run(
@@ -56,6 +59,9 @@ def run(
     arrivals: o.Arrivals = "poisson",
     concurrency: o.Concurrency = None,
     seed: o.Seed = 0,
+    horizon: o.Horizon = None,
+    extend_share: o.ExtendShare = None,
+    runaway_weights: o.RunawayWeights = None,
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default: runs/run-YYYYmmdd-HHMMSS).")] = None,
     resume: Annotated[bool, typer.Option(
@@ -90,6 +96,8 @@ def run(
         stop=tuple(stop or ()),
     )
     o.check_positive("--concurrency", concurrency)
+    h, extend_to, share, weights = o.runaway_settings(horizon, extend_share, max_tokens,
+                                                      runaway_weights)
     plan = Plan(prompts=tuple(load_prompts(prompts)), params=params, requests=requests,
                 runs=runs, rate=parse_rate(rate), arrivals=arrivals, seed=seed)
     if resume and out is None:
@@ -110,7 +118,7 @@ def run(
         dialect=dialect, timeout=timeout, retries=retries, batch_size=batch_size,
         device=device, dtype=dtype, logprobs=logprobs)
     if engine in ("local", "openai"):
-        opts["guard"] = guard
+        opts.update(guard=guard, horizon=h, runaway_weights=weights)
     elif guard:
         raise UsageError(f"--guard needs engine local or openai, not {engine!r}")
     eng = create_engine(engine, **opts)
@@ -124,18 +132,26 @@ def run(
         if load is not None:
             load()
         show = not quiet and sys.stderr.isatty()
-        progress = (RichProgress if show else Progress)(plan.total, f"{engine}:{eng.model}"[:40])
+        bar = RichProgress if show else Progress
+        progress = bar(plan.total, f"{engine}:{eng.model}"[:40])
+        detectors = default_detectors(horizon=h, runaway={"weights": weights}
+                                      if weights else None) if detect else None
         try:
             result = run_load(eng, plan, out, concurrency=concurrency, resume=resume,
-                              progress=progress, extra_meta={"dropped_params": dropped},
-                              detectors=default_detectors() if detect else None)
+                              progress=progress, extra_meta={"dropped_params": dropped,
+                                                             "horizon": h},
+                              detectors=detectors, horizon=extend_to, extend_share=share,
+                              extend_progress=lambda n: bar(n, f"extend to {extend_to}"))
         except KeyboardInterrupt:
             err(f"interrupted; continue with the same flags plus --resume --out {out}", err=True)
             raise typer.Exit(130) from None
     finally:
         eng.close()
     summary = summarize(result.completions, out=str(out),
-                        categories=prompt_categories(plan.prompts))
+                        categories=prompt_categories(plan.prompts), horizon=h,
+                        extend_share=share if extend_to else None)
+    summary.update(horizon=h, extended_to=extend_to, extend_share=share if extend_to
+                   else None, continuations=result.extended)
     if json_out:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
@@ -152,7 +168,11 @@ def print_summary(s: dict[str, Any]) -> None:
         f"{s['failure_rate']:.1%}  (95% CI {lo:.1%}-{hi:.1%}, n={s['valid']})")
     rows = [
         ("requests", str(s["n"])),
-        ("runaways", f"{s['failures']}  rate {rate}"),
+        ("failures", f"{s['failures']}  rate {rate}"),
+        ("runaways", runaway_line(s)),
+        ("capped", f"{s['capped']}  (of them {s['long']} end by {s['horizon']:,} tokens: "
+                   "long answers)" if s.get("horizon") else str(s["capped"])),
+        ("degenerate", str(s["degenerate"])),
         ("errors", str(s["errors"]) + (f"  first: {s['first_error']}"
                                        if s["first_error"] else "")),
         ("tokens/s", _fmt(s["tokens_per_s"], ".1f")),
@@ -163,10 +183,11 @@ def print_summary(s: dict[str, Any]) -> None:
         rows.append(("first token p50", _fmt(s["ttft_p50_s"], ".3f", " s")))
     if s.get("kinds"):
         rows.append(("detected", "  ".join(
-            f"{k} {r['count']}" for k, r in s["kinds"].items() if k not in ("runaway", "any"))
+            f"{k} {r['count']}" for k, r in s["kinds"].items()
+            if k not in ("capped", "runaway", "any"))
             + f"  (any kind: {s['kinds']['any']['count']}/{s['kinds']['any']['n']})"))
     if len(s["runs"]) > 1:
-        rows.append(("runaways per run", ", ".join(f"{r['failures']}/{r['n']}"
+        rows.append(("failures per run", ", ".join(f"{r['failures']}/{r['n']}"
                                                    for r in s["runs"])))
     if s.get("cancelled"):
         rows.append(("cancelled", f"{s['cancelled']}  (sent again by --resume)"))
@@ -175,6 +196,22 @@ def print_summary(s: dict[str, Any]) -> None:
     for k, v in rows:
         typer.echo(f"{k:<{width}}  {v}")
     print_risk(s)
+
+
+def runaway_line(s: dict[str, Any]) -> str:
+    """How many would not end by the horizon, and how that is known."""
+    h = s.get("horizon")
+    by = f" by {h:,} tokens" if h else ""
+    known, pred = s["runaways_known"], s["runaways_predicted"]
+    how = ("known by extension" if not pred else "predicted" if not known
+           else f"{known} known by extension, {pred} predicted")
+    line = f"{s['runaways']}  (would not end{by}; {how})"
+    est = s.get("estimate")
+    if est and est.get("rate") is not None:
+        lo, hi = est["ci95"]
+        line += (f"; two-phase estimate of the failure rate {est['rate']:.1%} "
+                 f"({lo:.1%}-{hi:.1%}), {est['known']} of {est['n']} known")
+    return line
 
 
 def print_risk(s: dict[str, Any], top: int = 5) -> None:

@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     from degen.detect.inputs import Source
     from degen.progress import VerdictProgress
 
-HELP = """Judge completions in a file: runaway, loop, spacing, gibberish.
+HELP = """Judge completions in a file: capped, runaway, loop, spacing, gibberish.
+
+capped: reached its cap (finish_reason "length"). runaway: would not end by --horizon
+tokens (default 8 x its cap): predicted from the text, the tokens' log-probabilities
+and the stopping evidence when the records carry them, or known when the file is a
+run's records.jsonl with an extensions.jsonl beside it (degen extend); the
+probability is the verdict's metrics.p_runaway.
 
 Reads JSONL (degen records, any object with a "text" field and optional "id",
 "prompt", "finish_reason", or OpenAI completion response objects) or a vLLM benchmark
@@ -29,7 +35,10 @@ def scan(
                                          show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or jsonl.")] = "table",
     detectors: Annotated[str, typer.Option(help="Comma-separated detector names.")] =
-        "runaway,loop,spacing,gibberish",
+        "capped,runaway,loop,spacing,gibberish",
+    horizon: Annotated[int | None, typer.Option(
+        help="A runaway would not end by this many tokens (default 8 x each record's "
+        "cap).", show_default=False)] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help=(
         "Worker processes: 1 judges in this process, 0 one per CPU core."))] = 1,
 ) -> None:
@@ -43,12 +52,15 @@ def scan(
     if fmt not in ("table", "jsonl"):
         raise UsageError(f"--format must be table or jsonl, got {fmt!r}")
     kinds = tuple(k.strip() for k in detectors.split(",") if k.strip())
-    default_detectors(kinds)  # an unknown name fails before the file is read
+    if horizon is not None and horizon < 2:
+        raise UsageError(f"--horizon must be at least 2 tokens, got {horizon}")
+    default_detectors(kinds, horizon)  # an unknown name fails before the file is read
     resolve_jobs(jobs)
     src = open_completions(file)
     total = src.check() if fmt == "jsonl" else None  # every line checked before any output
     out, tally = sys.stdout, KindTally(kinds)
-    with _progress(src, total, fmt) as bar, closing(scan_file(src, kinds, jobs)) as verdicts:
+    verdicts = scan_file(src, kinds, jobs, horizon=horizon)
+    with _progress(src, total, fmt) as bar, closing(verdicts):
         for v in verdicts:
             tally.add(v)
             bar.update(v)

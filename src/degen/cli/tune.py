@@ -55,8 +55,9 @@ def tune(
         help="failure (always), tokens, latency, deviation (repeatable; default failure).",
         rich_help_panel=TUNE)] = None,
     fail_on: Annotated[str, typer.Option(help="Kinds that count as failure, comma-separated: "
-                                         "runaway (incl. loops cut early), loop, spacing, "
-                                         "gibberish.", rich_help_panel=TUNE)] = "runaway",
+                                         "runaway (would not end by --horizon), loop, "
+                                         "spacing, gibberish.", rich_help_panel=TUNE)]
+        = "runaway,loop,spacing,gibberish",
     trials: Annotated[int, typer.Option(help="Trials in the study (all workers).",
                                         rich_help_panel=TUNE)] = 10,
     requests: Annotated[int, typer.Option(help="Requests per trial (per run).",
@@ -67,8 +68,18 @@ def tune(
     concurrency: Annotated[int | None, typer.Option(
         help="Requests in flight (default: 16 locally, so pruning can stop a trial early).",
         rich_help_panel=o.LOAD)] = None,
-    max_tokens: Annotated[int, typer.Option(help="Generation cap; hitting it is a runaway.",
+    max_tokens: Annotated[int, typer.Option(help="Generation cap (reaching it is 'capped'; "
+                                            "a runaway would not end by --horizon).",
                                             rich_help_panel=TUNE)] = 256,
+    horizon: Annotated[int | None, typer.Option(
+        help="A runaway would not end by this many tokens (default 8 x --max-tokens): "
+        "predicted in the search, known in the confirmation (its capped generations are "
+        "continued to it).", show_default=False, rich_help_panel=o.RUNAWAY)] = None,
+    extend: Annotated[bool, typer.Option(
+        help="Continue the confirmation's capped generations to --horizon, so its runaways "
+        "are known, not predicted.", rich_help_panel=o.RUNAWAY)] = True,
+    extend_share: o.ExtendShare = None,
+    runaway_weights: o.RunawayWeights = None,
     seed: o.Seed = 0,
     early_cut: Annotated[bool, typer.Option(help="Cut a generation as soon as the watch "
                                             "confirms a loop, babble or glued words (a "
@@ -110,7 +121,7 @@ def tune(
     from degen.load.schedule import ARRIVALS, parse_rate
     from degen.progress import Progress, RichProgress
     from degen.prompts import load_prompts
-    from degen.report import headline, write_report
+    from degen.report import headline, runaway_headline, write_report
     from degen.tune.space import SearchSpace, inert_knobs
     from degen.tune.study import TuneConfig
     from degen.tune.study import tune as run_tune
@@ -129,7 +140,10 @@ def tune(
         stream = True  # the cut needs the stream; say so
         if not quiet:
             typer.echo("note: --early-cut streams the responses (--stream)", err=True)
-    cfg = TuneConfig(space=space_, out=out, objectives=objectives,
+    h, _, share, weights = o.runaway_settings(horizon, extend_share, max_tokens,
+                                              runaway_weights)
+    cfg = TuneConfig(space=space_, out=out, objectives=objectives, horizon=h, extend=extend,
+                     extend_share=share,
                      kinds=kinds, trials=trials, requests=requests, runs=runs,
                      rate=parse_rate(rate), arrivals=arrivals,
                      concurrency=concurrency or (16 if engine == "local" else None),
@@ -141,7 +155,7 @@ def tune(
                             stream=stream, dialect=dialect, timeout=timeout, retries=retries,
                             batch_size=batch_size, device=device, dtype=dtype)
     if engine in ("local", "openai"):
-        opts["guard"] = early_cut
+        opts.update(guard=early_cut, horizon=h, runaway_weights=weights)
     eng = create_engine(engine, **opts)
     err = typer.echo
     for knob, why in inert_knobs(space_, eng.unsupported).items():
@@ -159,7 +173,8 @@ def tune(
         progress = (RichProgress if show else Progress)(total, "tune")
         try:
             result = run_tune(eng, prompts, cfg, progress=progress,
-                              detectors=default_detectors(), log=log)
+                              detectors=default_detectors(horizon=h, runaway={
+                                  "weights": weights} if weights else None), log=log)
         except KeyboardInterrupt:
             progress.__exit__(None, None, None)
             err(f"interrupted; run the same command again to resume the study in {out}",
@@ -177,7 +192,8 @@ def tune(
     if json_out:
         c = s.get("confirmation") or {}
         arms = c.get("arms", {})
-        obj = {"best": s["best"], "headline": headline(s),
+        obj = {"best": s["best"], "headline": headline(s), "runaways": runaway_headline(s),
+               "horizon": cfg.horizon,
                "baseline": arms.get("baseline", {}).get("measure"),
                "best_confirmed": arms.get(c.get("best"), {}).get("measure") if c else None,
                "comparison": c.get("comparison"), "trials": len(s["trials"]),
@@ -190,12 +206,16 @@ def tune(
         sys.stdout.write(json.dumps(obj) + "\n")
     else:
         typer.echo(headline(s))
+        line = runaway_headline(s)
+        if line:
+            typer.echo(line)
         t = s["tokens"]
         typer.echo(f"tokens for this decision: {s['generated_tokens']:,} (search "
                    f"{t['search']:,}" + (f", stress pilot {t['stress_pilot']:,}"
                                          if t["stress_pilot"] else "")
-                   + f", confirmation {t['confirmation']:,}; {s['n_pruned']} of "
-                   f"{len(s['trials'])} trials dropped by the race)")
+                   + f", confirmation {t['confirmation']:,}"
+                   + (f", extension {t['extension']:,}" if t.get("extension") else "")
+                   + f"; {s['n_pruned']} of {len(s['trials'])} trials dropped by the race)")
         print_risk(s)
         if path:
             typer.echo(f"report: {path}")

@@ -95,6 +95,7 @@ class DetectorList:
 
 
 _REGISTRY: dict[str, str] = {
+    "capped": "degen.detect.runaway:CappedDetector",
     "runaway": "degen.detect.runaway:RunawayDetector",
     "loop": "degen.detect.loop:LoopDetector",
     "spacing": "degen.detect.spacing:SpacingDetector",

@@ -33,6 +33,7 @@ module-level functions so that worker processes can be handed them
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,7 +88,10 @@ def _plain(rid: Any, line: int, text: str, finish: Any, prompt: str | None,
     fr = finish if finish in FINISH_REASONS and finish != "error" else "stop"
     extra = {"source_finish_reason": finish} if finish not in (None, fr) else {}
     ident = str(rid) if rid is not None else str(line)
-    return Completion(request_id=ident, prompt_id=ident, params=_DEFAULT, finish_reason=fr,
+    # a capped answer's cap is the tokens it reached (what its horizon is a multiple of)
+    params = _DEFAULT.replace(max_tokens=tokens) if fr == "length" and isinstance(
+        tokens, int) and tokens > 0 else _DEFAULT
+    return Completion(request_id=ident, prompt_id=ident, params=params, finish_reason=fr,
                       text=text, prompt=prompt,
                       completion_tokens=tokens if isinstance(tokens, int) else None,
                       extra=extra)
@@ -105,6 +109,15 @@ def decode_line(path: str, n: int, raw: str) -> Completion:
         raise InputFileError(f"{path}:{n}: {e}") from None
 
 
+def decode_extended(continued: Mapping[str, Any], path: str, n: int, raw: str) -> Completion:
+    """:func:`decode_line` for a run's records, with what their extensions found
+    (``continued``: :func:`degen.load.extend.parts` of ``extensions.jsonl``)."""
+    from degen.load.extend import with_outcome
+
+    c = decode_line(path, n, raw)
+    return with_outcome(c, continued.get(c.request_id, ()))
+
+
 def decode_ready(path: str, n: int, completion: Completion) -> Completion:
     """A payload that is already a Completion (a vLLM result's, built when it was read)."""
     return completion
@@ -114,13 +127,21 @@ def decode_ready(path: str, n: int, completion: Completion) -> Completion:
 
 @dataclass(frozen=True)
 class JsonlSource:
-    """A JSON Lines file, read lazily: one completion per non-blank line."""
+    """A JSON Lines file, read lazily: one completion per non-blank line. A run's
+    ``records.jsonl`` with an ``extensions.jsonl`` beside it is read with what the
+    extensions found (``continued``)."""
 
     path: Path
+    continued: Mapping[str, Any] | None = None
     format: ClassVar[str] = "jsonl"
     skipped: ClassVar[int] = 0
     skipped_note: ClassVar[str | None] = None
-    decoder: ClassVar[Decoder] = staticmethod(decode_line)
+
+    @property
+    def decoder(self) -> Decoder:
+        if self.continued:
+            return functools.partial(decode_extended, self.continued)
+        return decode_line
 
     def items(self) -> Iterator[Item]:
         """``(line number, raw line)`` of every non-blank line, in order."""
@@ -142,8 +163,9 @@ class JsonlSource:
         Returns the count. Memory stays flat whatever the file size."""
         path = str(self.path)
         k = 0
+        decode = self.decoder
         for n, raw in self.items():
-            decode_line(path, n, raw)
+            decode(path, n, raw)
             k += 1
         return k
 
@@ -200,7 +222,21 @@ def open_completions(path: Path | str) -> Source:
         return _from_document(path)
     if _is_summary(first[1]):
         raise InputFileError(_no_details(path))
-    return JsonlSource(path)
+    return JsonlSource(path, _continuations(path))
+
+
+def _continuations(path: Path) -> dict[str, Any] | None:
+    """The extensions of the run whose records ``path`` holds, when there are any."""
+    from degen.load.extend import EXTENSIONS, parts, read_extensions
+
+    if not (path.parent / EXTENSIONS).is_file():
+        return None
+    try:
+        return parts(read_extensions(path.parent)) or None
+    except InputFileError:
+        raise
+    except Exception as e:  # a damaged extensions file: say which
+        raise InputFileError(f"{path.parent / EXTENSIONS}: unreadable ({e})") from None
 
 
 def read_completions(path: Path | str) -> Iterator[Completion]:

@@ -62,20 +62,22 @@ def resolve_jobs(jobs: int) -> int:
 
 def scan_file(source: Source | Path | str, kinds: Sequence[str] = DEFAULT_KINDS,
               jobs: int = 1, *, chunk_lines: int = CHUNK_LINES,
-              chunk_bytes: int = CHUNK_BYTES) -> Iterator[dict[str, Any]]:
+              chunk_bytes: int = CHUNK_BYTES, horizon: int | None = None
+              ) -> Iterator[dict[str, Any]]:
     """The verdict on every completion of ``source`` (a path or an opened source, see
     :func:`degen.detect.inputs.open_completions`), in input order.
 
     ``jobs``: 1 judges here, 0 one worker per core, N > 1 that many workers. A bad line
     raises :class:`~degen.errors.InputFileError` naming file:line when its chunk comes
     up. Close the generator (``contextlib.closing``) if you stop early: that is what
-    stops the workers.
+    stops the workers. ``horizon``: a runaway would not end by this many tokens
+    (default 8 times each record's cap).
     """
     from degen.detect.inputs import open_completions
 
     src = open_completions(source) if isinstance(source, (str, Path)) else source
     kinds, jobs = tuple(kinds), resolve_jobs(jobs)
-    detectors = default_detectors(kinds)  # bad names fail here, not in a worker
+    detectors = default_detectors(kinds, horizon)  # bad names fail here, not in a worker
     chunks = iter_chunks(src.items(), chunk_lines, chunk_bytes)
     path = str(src.path)
     if jobs == 1:
@@ -84,7 +86,7 @@ def scan_file(source: Source | Path | str, kinds: Sequence[str] = DEFAULT_KINDS,
         return
     tasks = ((src.decoder, path, chunk) for chunk in chunks)
     for verdicts in ordered_map(_judge_in_worker, tasks, jobs, initializer=_init_worker,
-                                initargs=(kinds,)):
+                                initargs=(kinds, horizon)):
         yield from verdicts
 
 
@@ -198,13 +200,13 @@ def _context() -> Any:
 _DETECTORS: DetectorList | None = None
 
 
-def _init_worker(kinds: tuple[str, ...]) -> None:
+def _init_worker(kinds: tuple[str, ...], horizon: int | None = None) -> None:
     """Once per worker: leave Ctrl-C to the parent, build the detectors."""
     import signal
 
     global _DETECTORS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _DETECTORS = default_detectors(kinds)
+    _DETECTORS = default_detectors(kinds, horizon)
 
 
 def _judge_in_worker(decoder: Decoder, path: str, chunk: Chunk) -> list[dict[str, Any]]:

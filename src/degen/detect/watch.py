@@ -39,16 +39,22 @@ from degen.detect import lexicon
 from degen.detect.babble import BabbleTrack
 from degen.detect.base import Detector, Finding
 from degen.detect.loop import UNIT, LoopTrack, prompt_text
+from degen.detect.runaway import RunawayTrack
 from degen.detect.surprise import SurpriseTrack
 from degen.errors import InvalidParams
 from degen.records import Completion
 
-KINDS: tuple[str, ...] = ("loop", "gibberish", "spacing")
+#: the kinds the text shows (the degenerate kinds)
+TEXT_KINDS: tuple[str, ...] = ("loop", "gibberish", "spacing")
+#: every kind the watch judges: the text's, and ``runaway`` (would not end by the
+#: horizon; :mod:`degen.detect.runaway`)
+KINDS: tuple[str, ...] = (*TEXT_KINDS, "runaway")
 # The finish_reason of a generation cut for each kind: vLLM's "repetition" for a loop,
-# "degenerate" for babble and glued words (clients that accept only OpenAI's values can
-# be sent "length" instead; the evidence says the kind either way).
+# "degenerate" for babble and glued words, "runaway" for one predicted never to end
+# (clients that accept only OpenAI's values can be sent "length" instead; the evidence
+# says the kind either way).
 CUT_REASON: dict[str, str] = {"loop": "repetition", "gibberish": "degenerate",
-                              "spacing": "degenerate"}
+                              "spacing": "degenerate", "runaway": "runaway"}
 _TRIM = 4096  # characters of text kept beyond what the tracks point into, at least
 _LONGEST_UNIT = 256  # a unit this long is read even if the text so far ends in it
 _INLINE_UNITS = 24  # inline code longer than this was a stray backtick
@@ -64,13 +70,19 @@ class WatchConfig:
     ``kinds``: the kinds watched (:data:`KINDS`); ``loop``: options of
     :class:`~degen.detect.loop.LoopTrack`; ``babble``: of
     :class:`~degen.detect.babble.BabbleTrack`; ``surprise``: of
-    :class:`~degen.detect.surprise.SurpriseTrack`. Validated on construction.
+    :class:`~degen.detect.surprise.SurpriseTrack`; ``runaway``: of
+    :class:`~degen.detect.runaway.RunawayTrack` (``weights``: a table, or None for the
+    model's own fit); ``horizon``: the tokens by which a generation that is no
+    runaway ends (None: 8 times a record's cap, or the stream's own). Validated on
+    construction.
     """
 
     kinds: tuple[str, ...] = KINDS
     loop: Mapping[str, Any] = field(default_factory=dict)
     babble: Mapping[str, Any] = field(default_factory=dict)
     surprise: Mapping[str, Any] = field(default_factory=dict)
+    runaway: Mapping[str, Any] = field(default_factory=dict)
+    horizon: int | None = None
 
     def __post_init__(self) -> None:
         kinds = tuple(self.kinds)
@@ -84,6 +96,10 @@ class WatchConfig:
         except TypeError as e:
             raise InvalidParams(f"watch options: {e}") from None
         SurpriseTrack(**self.surprise)
+        try:
+            RunawayTrack(self.horizon, **self.runaway)
+        except TypeError as e:
+            raise InvalidParams(f"runaway options: {e}") from None
 
 
 DEFAULT = WatchConfig()
@@ -119,7 +135,8 @@ class Watch:
     earliest. ``vetoes`` counts the repeating runs passed over as legitimate, by reason.
     """
 
-    def __init__(self, prompt: str = "", config: WatchConfig = DEFAULT) -> None:
+    def __init__(self, prompt: str = "", config: WatchConfig = DEFAULT,
+                 horizon: int | None = None, model: str | None = None) -> None:
         self.config = config
         kinds = set(config.kinds)
         self.loop = LoopTrack(prompt or "", self._slice, **config.loop) \
@@ -129,6 +146,15 @@ class Watch:
         self.surprise = SurpriseTrack(**config.surprise)
         if self.babble is not None:
             self.babble.surprise = self.surprise
+        self.runaway: RunawayTrack | None = None
+        if "runaway" in kinds:
+            opts = dict(config.runaway)
+            if opts.get("weights") is None:
+                from degen.detect.runaway_weights import weights_for
+
+                opts["weights"] = weights_for(model)[1]
+            self.runaway = RunawayTrack(horizon or config.horizon, **opts)
+            self._look = self.runaway.min_tokens
         self._kinds = kinds
         self.findings: dict[str, Finding] = {}
         self.first: Finding | None = None
@@ -146,19 +172,66 @@ class Watch:
         self.done = False  # every watched kind found: nothing more to learn
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, delta: str, logprobs: Sequence[float] | None = None) -> Finding | None:
-        """A text delta and, optionally, the log-probabilities of the tokens it carries.
-        Returns the first finding confirmed while reading it, else None.
+    def feed(self, delta: str, logprobs: Sequence[float] | None = None,
+             stops: Sequence[tuple[float, bool]] | None = None) -> Finding | None:
+        """A text delta and, optionally, the log-probabilities of the tokens it carries
+        and their stopping evidence (aligned with them: the log-probability the model
+        gave to ending, and whether it is an upper bound). Returns the first finding
+        confirmed while reading it, else None.
 
         The first token's log-probability is taken before the text, the others after
         it, so a chunk of several tokens reads as its first token carrying the text and
-        the others none (how a record stores them: :func:`watch_completion`)."""
+        the others none (how a record stores them: :func:`watch_completion`). A chunk
+        without log-probabilities counts as one token."""
         if logprobs:
             self.surprise.feed(logprobs[:1])
         found = self._read(delta) if delta else None
         if logprobs and len(logprobs) > 1:
             self.surprise.feed(logprobs[1:])
+        track = self.runaway
+        if track is not None and (logprobs or delta):
+            if logprobs:
+                for i in range(len(logprobs)):
+                    track.token(stops[i] if stops is not None and i < len(stops) else None,
+                                self.chars)
+            else:
+                track.chunk()
+            if logprobs and track.tokens >= self._look:  # text alone: judged at the end
+                self._look = track.tokens + track.every - track.tokens % track.every
+                if track.finding is None and track.horizon is not None:
+                    f = track.look(self._runaway_features(), self._evidence(),
+                                   self._onset())
+                    if f is not None:
+                        self._note(f)
+                        found = found or f
         return found
+
+    def _evidence(self) -> str:
+        assert self.runaway is not None
+        return self.runaway.evidence(self.surprise.mean())
+
+    def _runaway_features(self, tokens: int | None = None) -> dict[str, float]:
+        assert self.runaway is not None
+        b = self.babble
+        bad = b.bad_windows / b.scored if b is not None and b.scored else 0.0
+        found = self.findings
+        return self.runaway.features(self.surprise.mean(), "loop" in found,
+                                     "gibberish" in found or "spacing" in found, bad, tokens)
+
+    def _onset(self) -> int:
+        """Where a runaway starts: the degeneration the watch found, else just after the
+        last place the model thought of ending."""
+        starts = [f.start_char for k, f in self.findings.items()
+                  if k in TEXT_KINDS and f.start_char is not None]
+        if starts:
+            return min(starts)
+        return self.runaway.considered_char if self.runaway is not None else 0
+
+    @property
+    def p_runaway(self) -> float | None:
+        """The probability, at the last look, that the generation will not end by the
+        horizon (None: no look yet, or no horizon)."""
+        return self.runaway.p if self.runaway is not None else None
 
     def _read(self, delta: str) -> Finding | None:
         size = len(delta)
@@ -200,9 +273,12 @@ class Watch:
             self._trim()
         return None if len(findings) == before else self._new(before)
 
-    def finish(self) -> dict[str, Finding]:
+    def finish(self, ended: bool = True, tokens: int | None = None) -> dict[str, Finding]:
         """The stream ended: read the held-back unit and judge what is still open.
-        Returns :attr:`findings`."""
+        ``ended``: it ended by itself (an end token or a stop string), so it is no
+        runaway; False for one that was capped or cut. ``tokens``: how many it
+        generated, when the feeding did not count them (text alone). Returns
+        :attr:`findings`."""
         before = len(self.findings)
         if not self.done and self._pending:
             cut = 0
@@ -219,8 +295,25 @@ class Watch:
             self._flush_inline()
         if self.babble is not None and self.babble.finding is None:
             self._note(self.babble.finish())
+        track = self.runaway
+        if track is not None:
+            if tokens is not None and tokens > track.tokens:
+                track.chunk(tokens - track.tokens)
+            had = track.finding
+            f = track.finish(self._runaway_features(), self._evidence(), self._onset(),
+                             ended, track.tokens)
+            if f is None and had is not None:  # it ended after all: no runaway
+                self._drop("runaway")
+            elif f is not None:
+                self._note(f)
         self._new(before)
         return self.findings
+
+    def _drop(self, kind: str) -> None:
+        self.findings.pop(kind, None)
+        if self.first is not None and self.first.kind == kind:
+            self.first = min(self.findings.values(), key=lambda f: f.start_char or 0,
+                             default=None)
 
     def first_of(self, kinds: Iterable[str]) -> Finding | None:
         """The earliest finding among ``kinds`` (by start), or None."""
@@ -321,10 +414,10 @@ class Watch:
             self.first = f
         loop_done = self.loop is None or self.loop.finding is not None
         babble_done = self.babble is None or self.babble.finding is not None
-        self.done = loop_done and babble_done
+        self.done = loop_done and babble_done  # the runaway track still counts tokens
 
     def _new(self, before: int) -> Finding | None:
-        if len(self.findings) == before:
+        if len(self.findings) <= before:
             return None
         return list(self.findings.values())[before]
 
@@ -353,35 +446,110 @@ class Watch:
             self._chunks, self._kept, self._text_at = [text], len(text), keep
 
 
+def stream_watch(messages: Sequence[Mapping[str, Any]] | None, prompt: str | None,
+                 max_tokens: int, model: str | None = None, horizon: int | None = None,
+                 weights: Mapping[str, Any] | None = None) -> Watch:
+    """The watch an engine or the guard runs on one generation: every kind, the
+    request's prompt (:func:`~degen.detect.loop.prompt_text`), the runaway horizon
+    (default 8 times ``max_tokens``) and the runaway fit of ``model`` (or ``weights``)."""
+    from degen.load.extend import default_horizon
+
+    config = WatchConfig(runaway={"weights": weights}) if weights else DEFAULT
+    return Watch(prompt_text(messages, prompt), config,
+                 horizon=horizon or default_horizon(max_tokens), model=model)
+
+
 def watch_text(text: str, prompt: str = "", config: WatchConfig = DEFAULT,
                logprobs: Sequence[float] | None = None) -> dict[str, Finding]:
     """A whole text through a :class:`Watch` (the batch verdict): each kind found, with
-    its first finding. ``logprobs``: the tokens' log-probabilities, when known."""
+    its first finding. ``logprobs``: the tokens' log-probabilities, when known. (A text
+    alone has no cap, so it is never judged a runaway: see :func:`watch_completion`.)"""
     w = Watch(prompt, config)
     w.feed(text, logprobs)
     return w.finish()
 
 
-def watch_completion(completion: Completion, config: WatchConfig = DEFAULT
-                     ) -> dict[str, Finding]:
-    """:func:`watch_text` on a completion's text, with its prompt and, when the record
-    carries them, its tokens' log-probabilities, read as they came: ``extra["logprobs"]``
-    (one per token) and ``extra["logprob_chars"]`` (the characters of text each token
-    brought; 0 for the second and later tokens of a chunk). Without the characters, or
-    when they do not add up to the text, the text is judged alone."""
+def horizon_of(completion: Completion, config: WatchConfig = DEFAULT) -> int:
+    """The horizon a completion's runaway is judged against: the config's, else 8 times
+    its cap."""
+    from degen.load.extend import default_horizon
+
+    return config.horizon or default_horizon(completion.params.max_tokens)
+
+
+def stop_evidence_of(extra: Mapping[str, Any], n: int) -> list[tuple[float, bool]] | None:
+    """A record's stopping evidence (``extra["stop_logprobs"]``, with
+    ``extra["stop_upper"]`` marking upper bounds), when it is aligned with its ``n``
+    log-probabilities."""
+    stops, upper = extra.get("stop_logprobs"), extra.get("stop_upper")
+    if not isinstance(stops, list) or len(stops) != n:
+        return None
+    if not isinstance(upper, list) or len(upper) != n:
+        upper = [0] * n
+    return [(float(v), bool(u)) for v, u in zip(stops, upper, strict=True)]
+
+
+def watched(completion: Completion, config: WatchConfig = DEFAULT) -> Watch:
+    """A completion read by a :class:`Watch` to its end, as it streamed: its prompt;
+    when the record carries them, its tokens' log-probabilities and stopping evidence,
+    read as they came (``extra["logprobs"]``, one per token, and
+    ``extra["logprob_chars"]``, the characters of text each token brought, 0 for the
+    second and later tokens of a chunk; without the characters, or when they do not add
+    up to the text, the text is judged alone); whether it ended; and, for a runaway,
+    what its extension found (``extra["outcome"]``), which beats the prediction."""
     prompt = prompt_text(completion.messages, completion.prompt or None)
     text = completion.text
     extra = completion.extra or {}
+    w = Watch(prompt, config, horizon=horizon_of(completion, config), model=completion.model)
     lps, chars = extra.get("logprobs"), extra.get("logprob_chars")
-    if not (isinstance(lps, list) and isinstance(chars, list) and len(lps) == len(chars)
-            and sum(chars) == len(text)):
-        return watch_text(text, prompt, config)
-    w = Watch(prompt, config)
-    pos = 0
-    for lp, n in zip(lps, chars, strict=True):
-        w.feed(text[pos:pos + n], (lp,))
-        pos += n
-    return w.finish()
+    if isinstance(lps, list) and isinstance(chars, list) and len(lps) == len(chars) \
+            and sum(chars) == len(text):
+        stops = stop_evidence_of(extra, len(lps))
+        pos = 0
+        for i, (lp, n) in enumerate(zip(lps, chars, strict=True)):
+            w.feed(text[pos:pos + n], (lp,), stops[i:i + 1] if stops is not None else None)
+            pos += n
+    else:
+        w.feed(text)
+    from degen.load.extend import UNENDED
+
+    ended = completion.finish_reason not in UNENDED
+    # a record that does not say how many tokens it has: about 4 characters each
+    w.finish(ended=ended, tokens=completion.completion_tokens or max(1, len(text) // 4))
+    outcome = extra.get("outcome")
+    if w.runaway is not None and not ended and isinstance(outcome, Mapping):
+        _known(w, outcome)
+    return w
+
+
+def _known(w: Watch, outcome: Mapping[str, Any]) -> None:
+    """What an extension found replaces the prediction: no runaway if it ended by the
+    horizon, a runaway (score 1) if it was followed that far and did not."""
+    from degen.load.extend import Outcome
+
+    track = w.runaway
+    assert track is not None and track.horizon is not None
+    ended = Outcome.from_dict(outcome).ended_by(track.horizon)
+    if ended is None:
+        return
+    if ended:
+        w._drop("runaway")
+        return
+    f = Finding(kind="runaway", score=1.0,
+                message=f"did not end by {track.horizon} tokens: continued from its cap, "
+                        f"it was still going at {outcome['tokens']}",
+                start_char=w._onset(), start_unit=track.tokens, unit="token",
+                evidence={"known": True, "horizon": track.horizon,
+                          "followed_to": outcome["tokens"],
+                          "p_runaway": None if track.p is None else round(track.p, 4)})
+    w._drop("runaway")
+    w._note(f)
+
+
+def watch_completion(completion: Completion, config: WatchConfig = DEFAULT
+                     ) -> dict[str, Finding]:
+    """Each kind found in ``completion``, with its first finding: :func:`watched`'s."""
+    return watched(completion, config).findings
 
 
 class TextWatch(Detector):
@@ -395,5 +563,8 @@ class TextWatch(Detector):
         self.config = config
 
     def __call__(self, completion: Completion) -> list[Finding]:  # type: ignore[override]
-        found = watch_completion(completion, self.config)
-        return [found[k] for k in KINDS if k in found]
+        return self.findings(watched(completion, self.config))
+
+    @staticmethod
+    def findings(w: Watch) -> list[Finding]:
+        return [w.findings[k] for k in KINDS if k in w.findings]

@@ -35,7 +35,7 @@ import importlib
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -136,6 +136,28 @@ def engine_class(name: str) -> type[Engine]:
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
         raise TypeError(f"{target} is not an Engine subclass")
     return cls
+
+
+def engine_from_description(desc: Mapping[str, Any], **overrides: Any) -> Engine:
+    """An engine like the one a run described (``run.json``'s ``engine``): the same model
+    or server, to continue that run's generations. ``overrides`` (not None) win, e.g. a
+    ``base_url`` where the server now listens. The tokens' log-probabilities and
+    stopping evidence are recorded when the engine can give them."""
+    name = desc.get("engine")
+    opts: dict[str, Any]
+    if name == "local":
+        opts = {"model": desc.get("source"), "batch_size": desc.get("batch_size", 32),
+                "device": desc.get("device", "auto"), "dtype": desc.get("dtype", "auto"),
+                "logprobs": True}
+    elif name == "openai":
+        opts = {"base_url": desc.get("base_url"), "model": desc.get("model"),
+                "api": desc.get("api", "auto"), "stream": bool(desc.get("stream")),
+                "dialect": desc.get("dialect", "auto"), "logprobs": desc.get("logprobs")}
+    else:
+        raise UnknownName(f"the run was made by engine {name!r}, which degen cannot rebuild "
+                          f"from its description; available: {', '.join(available_engines())}")
+    opts.update({k: v for k, v in overrides.items() if v is not None})
+    return create_engine(name, **opts)
 
 
 def create_engine(name: str, **options: Any) -> Engine:

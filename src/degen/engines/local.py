@@ -37,7 +37,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -59,19 +59,46 @@ class Detokenizer:
     character (U+FFFD) is held until the next token completes it.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    #: tokens of a continuation's context decoded before its first new token
+    CONTEXT = 5
+
+    def __init__(self, tokenizer: Any, context: Sequence[int] = ()) -> None:
         self._tok = tokenizer
+        # a continuation's last tokens: its first new token is decoded after them, so a
+        # leading space (SentencePiece) or a character split over tokens comes out right
+        self._ctx = list(context[-self.CONTEXT:])
         self._prefix = 0  # tokens before this are already in the text
-        self._read = 0  # tokens up to this are in the text returned so far
+        self._read = len(self._ctx)  # tokens up to this are in the text returned so far
+
+    def _ids(self, ids: list[int], a: int) -> list[int]:
+        """Tokens ``a``.. of the context followed by ``ids``."""
+        c = len(self._ctx)
+        return ids[a - c:] if a >= c else self._ctx[a:] + ids
 
     def delta(self, ids: list[int]) -> str:
         tok = self._tok
-        before = tok.decode(ids[self._prefix:self._read], skip_special_tokens=True)
-        now = tok.decode(ids[self._prefix:], skip_special_tokens=True)
+        both = self._ids(ids, self._prefix)
+        read = self._read - self._prefix
+        before = tok.decode(both[:read], skip_special_tokens=True)
+        now = tok.decode(both, skip_special_tokens=True)
         if len(now) <= len(before) or now.endswith("\ufffd"):
             return ""
-        self._prefix, self._read = self._read, len(ids)
+        self._prefix, self._read = self._read, len(self._ctx) + len(ids)
         return now[len(before):]
+
+
+def decode_after(tok: Any, context: Sequence[int], ids: Sequence[int],
+                 skip_special_tokens: bool = False) -> str:
+    """The text of ``ids`` as it reads after ``context`` (a continuation's last tokens):
+    decoded with them, their own text taken off."""
+    ctx = list(context[-Detokenizer.CONTEXT:])
+    if not ctx:
+        return tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+    head = tok.decode(ctx, skip_special_tokens=skip_special_tokens)
+    both = tok.decode(ctx + list(ids), skip_special_tokens=skip_special_tokens)
+    if both.startswith(head):
+        return both[len(head):]
+    return tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
 @dataclass(eq=False)
@@ -100,6 +127,9 @@ class _Row:
     entropy: list[float] = field(default_factory=list)
     logprobs: list[float] | None = None  # each sampled token's, when recorded
     logprob_chars: list[int] | None = None  # characters of text each token brought
+    stop_logprobs: list[float] | None = None  # the model's log-probability of ending
+    prompt_len: int = 0  # tokens of the prompt (prompt_ids also holds a continuation)
+    study: list[list[float]] = field(default_factory=list)  # see _Batch._study
     watch: Any = None  # a Watch when the engine guards
     detok: Detokenizer | None = None  # its text deltas
     cut: Any = None  # the finding the row was cut for
@@ -122,7 +152,13 @@ class LocalEngine(Engine):
             ``"repetition"`` for a loop, ``"degenerate"`` for babble and glued words.
         logprobs: store each sampled token's log-probability under the model's own
             distribution (before penalties and sampling settings) in
-            ``extra["logprobs"]`` (the watch weighs them in); default: when guarding.
+            ``extra["logprobs"]`` (the watch weighs them in), and the probability it gave
+            to ending (its stop tokens) in ``extra["stop_logprobs"]``; default: when
+            guarding.
+        horizon: a row is cut as a ``"runaway"`` (when guarding) once the watch
+            predicts it will not end by this many tokens (default 8 times its
+            ``max_tokens``).
+        runaway_weights: the runaway predictor's fit (default the model's own).
     """
 
     name = "local"
@@ -130,9 +166,13 @@ class LocalEngine(Engine):
     def __init__(self, model: str | None = None, batch_size: int = 32, device: str = "auto",
                  dtype: str = "auto", continuous: bool = True,
                  record_entropy: bool = False, guard: bool | Iterable[str] = False,
-                 logprobs: bool | None = None) -> None:
+                 logprobs: bool | None = None, horizon: int | None = None,
+                 runaway_weights: Mapping[str, Any] | None = None) -> None:
         if batch_size < 1:
             raise InvalidParams(f"batch_size must be >= 1, got {batch_size}")
+        if horizon is not None and horizon < 1:
+            raise InvalidParams(f"horizon must be >= 1 token, got {horizon}")
+        self.horizon, self.runaway_weights = horizon, runaway_weights
         from degen.detect.watch import cut_kinds
 
         self.cut_kinds = cut_kinds(guard)
@@ -156,6 +196,7 @@ class LocalEngine(Engine):
         self._lock = threading.Lock()
         self._closed = False
         self.max_rows_seen = 0  # largest batch so far (for tests and benchmarks)
+        self._study_stops = False  # benchmarks/runaway_data.py: see _Batch._study
 
     # ------------------------------------------------------------------ setup
     def load(self) -> None:
@@ -170,6 +211,11 @@ class LocalEngine(Engine):
                     f"cannot load {self.source.path}: {type(e).__name__}: {str(e)[:200]}"
                 ) from None
             self._stop_ids = hf.stop_token_ids(model, tok)
+            if not self._stop_ids:
+                raise ModelNotFound(
+                    f"{self.source.path} declares no end-of-sequence token (eos_token_id in "
+                    "its tokenizer, generation_config.json or config.json): it can never "
+                    "end a generation; set one")
             # transformers 5 renamed past_key_values to cache (the old name warns)
             params = inspect.signature(model.forward).parameters
             self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -353,6 +399,7 @@ class _Batch:
         self.params: Any = None  # sampling.RowParams
         self._cache_arg = "past_key_values"
         self.can_merge = True
+        self._stop_cols = sorted(engine._stop_ids)  # vocabulary columns of the stop ids
 
     # ---------------------------------------------------------------- admission
     def add(self, items: list[_Job]) -> None:
@@ -366,29 +413,31 @@ class _Batch:
         for job in items:
             req, fut = job.req, job.future
             started = time.time()
+            cont = list(req.continuation_ids or ())
             try:
                 ids = e.encode(req)
-                room = e._ctx - len(ids)
+                room = e._ctx - len(ids) - len(cont)
                 if room < 1:
                     raise InvalidParams(
-                        f"prompt has {len(ids)} tokens; the model's context is {e._ctx}"
+                        f"prompt has {len(ids) + len(cont)} tokens; the model's context "
+                        f"is {e._ctx}"
                     )
             except Exception as ex:
                 fut.set_result(e._error(req, str(ex), started))
                 continue
             seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
             gen = torch.Generator(device=e._device).manual_seed(seed)
-            row = _Row(req, fut, ids, min(req.params.max_tokens, room), gen, started,
-                       cancel=job.cancel)
-            if e.guard:
-                from degen.detect.loop import prompt_text
-                from degen.detect.watch import Watch
+            row = _Row(req, fut, ids + cont, min(req.params.max_tokens - len(cont), room),
+                       gen, started, cancel=job.cancel, prompt_len=len(ids))
+            if e.guard and not cont:  # a continuation is generated to its horizon
+                from degen.detect.watch import stream_watch
 
-                row.watch = Watch(prompt_text(req.messages, req.prompt))
+                row.watch = stream_watch(req.messages, req.prompt, req.params.max_tokens,
+                                         e.model, e.horizon, e.runaway_weights)
                 row.detok = Detokenizer(e._tok)
             if e.record_logprobs:
-                row.logprobs, row.logprob_chars = [], []
-                row.detok = row.detok or Detokenizer(e._tok)
+                row.logprobs, row.logprob_chars, row.stop_logprobs = [], [], []
+                row.detok = row.detok or Detokenizer(e._tok, cont)
             n = req.params.no_repeat_ngram_size
             if n > 0:
                 row.ngrams = {}
@@ -417,10 +466,14 @@ class _Batch:
 
         V = logits.shape[-1]
         seen = torch.zeros((len(rows), V), dtype=torch.bool, device=dev)
+        counts = torch.zeros((len(rows), V), dtype=torch.float32, device=dev)
         for i, r in enumerate(rows):
             if r.req.params.repetition_penalty_scope == "prompt+output":
-                seen[i, torch.tensor(r.prompt_ids, device=dev)] = True
-        counts = torch.zeros((len(rows), V), dtype=torch.float32, device=dev)
+                seen[i, torch.tensor(r.prompt_ids[:r.prompt_len], device=dev)] = True
+            if len(r.prompt_ids) > r.prompt_len:  # a continuation's tokens were generated
+                done = torch.tensor(r.prompt_ids[r.prompt_len:], device=dev)
+                seen[i, done] = True
+                counts[i].index_add_(0, done, torch.ones(len(done), device=dev))
         params = RowParams.from_params([r.req.params for r in rows], dev)
         self._exempt_stop_ids(seen, rows)
 
@@ -498,8 +551,15 @@ class _Batch:
         now = time.time()
         tl = toks.tolist()
         idx = self.torch.arange(len(rows), device=toks.device)
-        lps = (self.torch.log_softmax(raw, dim=-1)[idx, toks].tolist()
-               if raw is not None else None)
+        lps = stops = None
+        study: list[list[float]] | None = None
+        if raw is not None:
+            lsm = self.torch.log_softmax(raw, dim=-1)
+            lps = lsm[idx, toks].tolist()
+            stops = lsm[:, self._stop_cols].logsumexp(-1).tolist() if self._stop_cols \
+                else None
+            if self.e._study_stops and stops is not None:
+                study = self._study(lsm, logits, params)
         counts[idx, toks] += 1
         seen[idx, toks] = True  # generated tokens count as seen in both scopes
         for k, (r, t) in enumerate(zip(rows, tl, strict=True)):
@@ -512,8 +572,13 @@ class _Batch:
                 if r.logprobs is not None and r.logprob_chars is not None and lp is not None:
                     r.logprobs.append(round(lp, 4))
                     r.logprob_chars.append(len(delta))
+                    if r.stop_logprobs is not None and stops is not None:
+                        r.stop_logprobs.append(round(max(stops[k], -99.0), 4))
+                    if study is not None:
+                        r.study.append([round(x, 4) for x in study[k]])
                 if r.watch is not None:
-                    f = r.watch.feed(delta, None if lp is None else (lp,))
+                    f = r.watch.feed(delta, None if lp is None else (lp,),
+                                     None if stops is None else ((stops[k], False),))
                     if f is not None and r.cut is None:
                         r.cut = r.watch.first_of(self.e.cut_kinds)
             if ents is not None:
@@ -524,6 +589,24 @@ class _Batch:
                 if len(seq) >= n:
                     r.ngrams.setdefault(tuple(seq[-n:-1]), set()).add(seq[-1])
         return toks
+
+    def _study(self, lsm: Any, logits: Any, params: Any) -> list[list[float]]:
+        """For the runaway study (benchmarks/runaway_data.py): per row, the 20th most
+        likely token's log-probability (what a server's top_logprobs=20 bounds the stop
+        token by) and the log-probability of ending under the sampler's own distribution
+        (penalties and warpers applied)."""
+        from degen.engines import sampling
+
+        torch = self.torch
+        kth = lsm.topk(20, dim=-1).values[:, -1]
+        warped = sampling.warp(logits, params).log_softmax(-1)
+        greedy = params.temperature == 0
+        top = logits.argmax(-1)
+        stop_set = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        stop_set[self._stop_cols] = True
+        sampled = warped[:, self._stop_cols].logsumexp(-1)
+        sampled = torch.where(greedy, torch.where(stop_set[top], 0.0, -99.0), sampled)
+        return torch.stack([kth, sampled.clamp(min=-99.0)], 1).tolist()
 
     @staticmethod
     def _banned(r: _Row) -> list[int]:
@@ -570,7 +653,7 @@ class _Batch:
         tok = self.e._tok
         ids = r.gen
         body = ids[:-1] if reason == "stop" and ids[-1] in self.e._stop_ids else ids
-        text = tok.decode(body, skip_special_tokens=False)
+        text = decode_after(tok, r.prompt_ids[r.prompt_len:], body)
         if r.stop_hit is not None:
             cut = min((text.find(s) for s in r.req.params.stop if s in text), default=-1)
             if cut >= 0:
@@ -578,11 +661,15 @@ class _Batch:
         extra: dict[str, Any] = {"entropy": r.entropy} if self.e.record_entropy else {}
         if r.logprobs is not None and r.logprob_chars is not None:
             extra["logprobs"], extra["logprob_chars"] = r.logprobs, r.logprob_chars
+            if r.stop_logprobs:
+                extra["stop_logprobs"] = r.stop_logprobs
+            if r.study:
+                extra["study"] = r.study
         if r.cut is not None and reason in CUT_REASONS:
             extra["cut"] = r.cut.to_dict()
         c = Completion.from_request(
             r.req, finish_reason=reason, text=text, token_ids=tuple(ids), extra=extra,
-            prompt_tokens=len(r.prompt_ids), completion_tokens=len(ids),
+            prompt_tokens=r.prompt_len, completion_tokens=len(ids),
             engine=self.e.name, model=self.e.model,
             timings=Timings(scheduled_at=r.req.scheduled_at, started_at=r.started_at,
                             first_token_at=r.first_token_at, finished_at=time.time()),

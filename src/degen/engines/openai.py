@@ -45,7 +45,6 @@ Completion with ``finish_reason="error"``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import threading
@@ -56,6 +55,14 @@ from typing import Any
 import httpx
 
 from degen.engines.base import Engine
+from degen.engines.evidence import (
+    STOP_TOP_LOGPROBS,
+    TOP_LOGPROBS,
+    logprob_fields,
+    stop_evidence,
+    stop_token_texts,
+    token_logprobs,
+)
 from degen.errors import InvalidParams, ServerUnreachable, UsageError
 from degen.records import Completion, Request, SamplingParams, Timings
 
@@ -66,10 +73,6 @@ _FINISH = {"stop": "stop", "eos": "stop", "eos_token": "stop", "stop_sequence": 
            "tool_calls": "stop", "function_call": "stop", "content_filter": "stop",
            "length": "length", "max_tokens": "length", "repetition": "repetition",
            "degenerate": "degenerate"}
-# Alternatives asked with the sampled token's log-probability: llama.cpp's server
-# returns probabilities only when n_probs (its name for top_logprobs / completions'
-# logprobs) is above 0; vLLM, OpenAI and llama-cpp-python accept 0 or 1 alike.
-TOP_LOGPROBS = 1
 
 
 class _Retryable(Exception):
@@ -127,53 +130,41 @@ def repetition_detection(params: SamplingParams) -> dict[str, int]:
     return {key: getattr(params, name) for key, name in DETECTION_FIELDS.items()}
 
 
-def logprob_fields(chat: bool) -> dict[str, Any]:
-    """The request fields asking for the sampled tokens' log-probabilities: chat
-    ``{"logprobs": true, "top_logprobs": 1}``, completions ``{"logprobs": 1}`` (the
-    same on vLLM, llama.cpp and OpenAI; see :data:`TOP_LOGPROBS`)."""
-    return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if chat \
-        else {"logprobs": TOP_LOGPROBS}
-
-
-def token_logprobs(lp: Any) -> list[float] | None:
-    """The sampled tokens' log-probabilities in one choice's ``logprobs`` (a chunk's or
-    a whole answer's): chat ``{"content": [{"token", "logprob", ...}, ...]}`` (also what
-    llama.cpp's server sends for completions), completions ``{"token_logprobs": [...]}``.
-    None when there are none; tokens without a number (null) are left out."""
-    if not isinstance(lp, dict):
-        return None
-    content = lp.get("content")
-    if isinstance(content, list):
-        vals = [t.get("logprob") for t in content if isinstance(t, dict)]
-    elif isinstance(lp.get("token_logprobs"), list):
-        vals = lp["token_logprobs"]
-    else:
-        return None
-    return [float(v) for v in vals
-            if isinstance(v, int | float) and not isinstance(v, bool)]
-
-
 def build_body(request: Request, model: str, dialect: str, api: str,
-               stream: bool, logprobs: bool = False) -> tuple[str, dict[str, Any]]:
+               stream: bool, logprobs: bool = False, top: int = TOP_LOGPROBS
+               ) -> tuple[str, dict[str, Any]]:
     """The endpoint path and JSON body for ``request``; ``logprobs`` asks for the
-    sampled tokens' log-probabilities (:func:`logprob_fields`)."""
+    sampled tokens' log-probabilities and ``top`` alternatives (:func:`logprob_fields`).
+
+    A continuation (an extension) sends the text so far after the prompt: raw
+    prompts on the completions API as one prompt, chat requests as a final assistant
+    message that vLLM continues (``continue_final_message``); ``max_tokens`` is what
+    is left of the horizon."""
     p = request.params
     if api == "auto":
         api = "chat" if request.messages is not None else "completions"
     body: dict[str, Any] = {"model": model}
+    so_far = request.continuation_text if request.continued else None
     if api == "chat":
         if request.messages is None:
             raise _Fatal("raw 'prompt' requests need the completions API (--api completions "
                          "or --api auto)")
         body["messages"] = [dict(m) for m in request.messages]
+        if so_far is not None:
+            if dialect != "vllm":
+                raise _Fatal(f"continuing a chat answer needs a server that can continue "
+                             f"the last assistant message (vLLM); the {dialect} dialect "
+                             "cannot: extend raw prompts on the completions API instead")
+            body["messages"].append({"role": "assistant", "content": so_far})
+            body.update(continue_final_message=True, add_generation_prompt=False)
         path = "/chat/completions"
     else:
         if request.prompt is None:
             raise _Fatal("chat 'messages' requests need the chat API (--api chat or auto)")
-        body["prompt"] = request.prompt
+        body["prompt"] = request.prompt + (so_far or "")
         path = "/completions"
     body.update(
-        max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+        max_tokens=p.max_tokens - request.continued, temperature=p.temperature, top_p=p.top_p,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
     )
     if p.seed is not None:
@@ -188,7 +179,7 @@ def build_body(request: Request, model: str, dialect: str, api: str,
     elif dialect == "llamacpp":
         body.update(top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repetition_penalty)
     if logprobs:
-        body.update(logprob_fields(api == "chat"))
+        body.update(logprob_fields(api == "chat", top))
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -213,6 +204,14 @@ class OpenAIEngine(Engine):
             glued words, the finding in ``extra["cut"]``.
         logprobs: ask for the sampled tokens' log-probabilities, feed them to the watch
             and store them in ``extra["logprobs"]``; default: when guarding.
+        stop_evidence: also ask for each token's top alternatives
+            (:data:`~degen.engines.evidence.STOP_TOP_LOGPROBS`) and keep the
+            log-probability the model gave to ending (``extra["stop_logprobs"]``; where no
+            stop token was among them, the last alternative's value, an upper bound,
+            marked 1 in ``extra["stop_upper"]``); default: with ``logprobs``.
+        stop_tokens: the texts of the model's stop tokens, when they are not among
+            :data:`~degen.engines.evidence.STOP_TOKENS`.
+        horizon, runaway_weights: as the local engine's (the runaway cut).
     """
 
     name = "openai"
@@ -221,7 +220,10 @@ class OpenAIEngine(Engine):
                  model: str | None = None, api: str = "auto", stream: bool = False,
                  dialect: str = "auto", timeout: float = 120.0, connect_timeout: float = 5.0,
                  max_retries: int = 3, backoff: float = 0.5, concurrency: int = 8,
-                 guard: bool | Iterable[str] = False, logprobs: bool | None = None) -> None:
+                 guard: bool | Iterable[str] = False, logprobs: bool | None = None,
+                 stop_evidence: bool | None = None, stop_tokens: Iterable[str] = (),
+                 horizon: int | None = None,
+                 runaway_weights: Mapping[str, Any] | None = None) -> None:
         from degen.detect.watch import cut_kinds
 
         if dialect not in DIALECTS:
@@ -241,6 +243,14 @@ class OpenAIEngine(Engine):
                                 "stream=True (--stream)")
         self.api, self.stream, self.guard = api, stream, bool(self.cut_kinds)
         self.logprobs = self.guard if logprobs is None else bool(logprobs)
+        self.stop_evidence = self.logprobs if stop_evidence is None else bool(stop_evidence)
+        if self.stop_evidence and not self.logprobs:
+            raise InvalidParams("stop evidence comes with the tokens' log-probabilities: "
+                                "turn logprobs on, or stop_evidence off")
+        self._extra_stops = tuple(stop_tokens)
+        if horizon is not None and horizon < 1:
+            raise InvalidParams(f"horizon must be >= 1 token, got {horizon}")
+        self.horizon, self.runaway_weights = horizon, runaway_weights
         self.max_retries, self.backoff = max_retries, backoff
         self.preferred_concurrency = concurrency
         self._client = httpx.Client(
@@ -257,6 +267,7 @@ class OpenAIEngine(Engine):
             raise
         self.dialect = dialect if dialect != "auto" else _OWNED_BY.get(owned_by or "", "openai")
         self.server_owned_by = owned_by
+        self.stop_texts = stop_token_texts(self.dialect, self._extra_stops)
 
     # ------------------------------------------------------------------ setup
     def _discover(self, model: str | None) -> tuple[str, str | None]:
@@ -294,7 +305,7 @@ class OpenAIEngine(Engine):
         d = super().describe()
         d.update(base_url=self.base_url, dialect=self.dialect, api=self.api, stream=self.stream,
                  owned_by=self.server_owned_by, max_retries=self.max_retries, guard=self.guard,
-                 logprobs=self.logprobs)
+                 logprobs=self.logprobs, stop_evidence=self.stop_evidence)
         if self.guard:
             d["cut_kinds"] = sorted(self.cut_kinds)
         return d
@@ -320,8 +331,10 @@ class OpenAIEngine(Engine):
         attempts = 0
         error = ""
         try:
-            path, body = build_body(request, self.model, self.dialect, self.api, self.stream,
-                                    logprobs=self.logprobs)
+            path, body = build_body(
+                request, self.model, self.dialect, self.api, self.stream,
+                logprobs=self.logprobs,
+                top=STOP_TOP_LOGPROBS if self.stop_evidence else TOP_LOGPROBS)
         except _Fatal as e:
             return self._error(request, str(e), started, 0)
         while True:
@@ -329,8 +342,8 @@ class OpenAIEngine(Engine):
                 return self.cancelled(request, started, attempts=attempts)
             attempts += 1
             try:
-                got = self._stream(path, body, cancel) if self.stream \
-                    else self._once(path, body)
+                got = self._stream(path, body, cancel, watch=not request.continued) \
+                    if self.stream else self._once(path, body)
                 if got.get("cancelled"):
                     return self.cancelled(request, started, got.get("text") or "",
                                           got.get("chunks"), attempts=attempts)
@@ -378,6 +391,11 @@ class OpenAIEngine(Engine):
             extra["logprobs"] = [round(v, 4) for v in got["logprobs"]]
             if got.get("logprob_chars"):
                 extra["logprob_chars"] = got["logprob_chars"]
+            stops = got.get("stops")
+            if stops and len(stops) == len(got["logprobs"]):
+                extra["stop_logprobs"] = [round(v, 4) for v, _ in stops]
+                if any(u for _, u in stops):
+                    extra["stop_upper"] = [int(u) for _, u in stops]
         usage = got.get("usage") or {}
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None and got.get("chunks") is not None:
@@ -423,12 +441,13 @@ class OpenAIEngine(Engine):
             raise _Fatal(f"the server's response has no choices: {str(data)[:200]}") from None
         text = (choice.get("message") or {}).get("content") if "message" in choice \
             else choice.get("text")
+        lp = choice.get("logprobs")
         return {"text": text or "", "finish_reason": choice.get("finish_reason"),
-                "usage": data.get("usage"), "logprobs": _finite(token_logprobs(
-                    choice.get("logprobs")) or ())}
+                "usage": data.get("usage"), "logprobs": token_logprobs(lp) or [],
+                "stops": stop_evidence(lp, self.stop_texts) if self.stop_evidence else None}
 
     def _stream(self, path: str, body: dict[str, Any],
-                cancel: threading.Event | None = None) -> dict[str, Any]:
+                cancel: threading.Event | None = None, watch: bool = True) -> dict[str, Any]:
         parts: list[str] = []
         finish: str | None = None
         usage: dict[str, Any] | None = None
@@ -438,13 +457,14 @@ class OpenAIEngine(Engine):
         cut: dict[str, Any] | None = None
         cut_kind = ""
         lps: list[float] = []
+        stops: list[tuple[float, bool]] | None = [] if self.stop_evidence else None
         lp_chars: list[int] | None = []  # text each token brought (None: not aligned)
-        watch = None
-        if self.guard:
-            from degen.detect.loop import prompt_text
-            from degen.detect.watch import CUT_REASON, Watch
+        w = None
+        if self.guard and watch:
+            from degen.detect.watch import CUT_REASON, stream_watch
 
-            watch = Watch(prompt_text(body.get("messages"), body.get("prompt")))
+            w = stream_watch(body.get("messages"), body.get("prompt"), body["max_tokens"],
+                             self.model, self.horizon, self.runaway_weights)
         try:
             with self._client.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
@@ -470,14 +490,18 @@ class OpenAIEngine(Engine):
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         piece = delta.get("content") if "delta" in choice else choice.get("text")
-                        got = token_logprobs(choice.get("logprobs")) if self.logprobs \
-                            else None
-                        if got:
-                            got = _finite(got)
+                        lp = choice.get("logprobs") if self.logprobs else None
+                        got = token_logprobs(lp) if lp is not None else None
                         if got:
                             lps.extend(got)
                             if lp_chars is not None:
                                 lp_chars.extend([len(piece or "")] + [0] * (len(got) - 1))
+                            if stops is not None:
+                                ev = stop_evidence(lp, self.stop_texts)
+                                if ev is not None and len(ev) == len(got):
+                                    stops.extend(ev)
+                                else:
+                                    stops = None  # not aligned: keep none
                         elif piece:
                             lp_chars = None  # text without log-probabilities
                         if piece:
@@ -485,9 +509,10 @@ class OpenAIEngine(Engine):
                                 first = time.time()
                             parts.append(piece)
                             chunks += 1
-                        if watch is not None and cut is None and (piece or got) and \
-                                watch.feed(piece or "", got) is not None:
-                            f = watch.first_of(self.cut_kinds)
+                        ev_now = stops[-len(got):] if got and stops is not None else None
+                        if w is not None and cut is None and (piece or got) and \
+                                w.feed(piece or "", got, ev_now) is not None:
+                            f = w.first_of(self.cut_kinds)
                             if f is not None:
                                 cut, cut_kind = f.to_dict(), f.kind
                         if choice.get("finish_reason"):
@@ -501,7 +526,7 @@ class OpenAIEngine(Engine):
             raise _Retryable("the stream ended before a finish_reason or [DONE]")
         return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
                 "first_token_at": first, "chunks": chunks, "cut": cut, "logprobs": lps,
-                "logprob_chars": lp_chars if lps else None}
+                "logprob_chars": lp_chars if lps else None, "stops": stops}
 
 
 class SSEData:
@@ -536,11 +561,6 @@ def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:
             yield payload
     if (payload := events.end()) is not None:
         yield payload
-
-
-def _finite(values: Iterable[float]) -> list[float]:
-    """Log-probabilities that can be stored (a -inf or NaN is not JSON)."""
-    return [v for v in values if math.isfinite(v)]
 
 
 def _error_detail(r: httpx.Response) -> str:

@@ -44,7 +44,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as Path
 
-from degen.engines.openai import logprob_fields
+from degen.engines.evidence import (
+    STOP_TOP_LOGPROBS,
+    TOP_LOGPROBS,
+    logprob_fields,
+    stop_token_texts,
+)
 from degen.guard.config import GuardConfig
 from degen.guard.exchange import CHAT, COMPLETIONS, Exchange
 from degen.guard.metrics import CONTENT_TYPE, GuardMetrics
@@ -267,14 +272,20 @@ class Guard:
             return False
         if str(out.get("model")) in self.no_logprobs:
             return False
-        out.update(logprob_fields(chat))
+        # cutting runaways reads the model's stopping evidence off the top alternatives
+        out.update(logprob_fields(chat, STOP_TOP_LOGPROBS if "runaway" in
+                                  self.config.cut_kinds else TOP_LOGPROBS))
         return True
 
     def exchange(self, endpoint: str, client_body: dict[str, Any], body: dict[str, Any],
-                 limit: int, strip: bool) -> Exchange:
+                 limit: int, strip: bool, route: Route | None = None) -> Exchange:
         cfg = self.config
+        stops = stop_token_texts(route.dialect if route is not None else "auto",
+                                 cfg.stop_tokens) if "runaway" in cfg.cut_kinds else None
         return Exchange(endpoint, client_body, body, limit, cut_kinds=cfg.cut_kinds,
-                        cut_reason=cfg.cut_reason, strip_logprobs=strip)
+                        cut_reason=cfg.cut_reason, strip_logprobs=strip,
+                        horizon=cfg.horizon, runaway_weights=cfg.runaway_weights,
+                        stop_texts=stops)
 
     # ------------------------------------------------------------------ endpoints
     async def health(self, request: Request) -> Response:
@@ -323,7 +334,7 @@ class Guard:
         except _Reject as r:
             return self._refuse(r, endpoint)
         strip = self.ask_logprobs(endpoint, up_body)
-        ex = self.exchange(endpoint, body, up_body, limit, strip)
+        ex = self.exchange(endpoint, body, up_body, limit, strip, route)
         ex.started = started
         model = self.model_label(body.get("model"), route)
         self.metrics.requests.inc(model=model, endpoint=endpoint, stream=str(ex.stream).lower())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from degen.detect.watch import KINDS, cut_kinds
+from degen.detect.watch import KINDS, TEXT_KINDS, cut_kinds
 from degen.errors import InvalidParams, UsageError
 
 CUT_REASONS = ("kind", "length")
@@ -178,8 +178,16 @@ class GuardConfig:
         max_body: largest request body accepted, in bytes (413 above).
         timeout: seconds without data from the upstream before a request fails (504).
         connect_timeout: seconds to connect to the upstream (502 past it).
-        cut_kinds: the kinds of degeneration that end a generation (:data:`KINDS`:
-            loop, gibberish, spacing; every kind is watched and counted either way).
+        cut_kinds: the kinds that end a generation (:data:`KINDS`: loop, gibberish,
+            spacing, and runaway, which is not cut unless asked; every kind is watched
+            and counted either way). Cutting runaways asks the upstream for each
+            token's top alternatives, to read the model's stopping evidence.
+        horizon: a runaway would not end by this many tokens (None: 8 times each
+            request's ``max_tokens``).
+        runaway_weights: the runaway predictor's fit (None: the one degen ships for
+            the model).
+        stop_tokens: texts of the served models' stop tokens beyond the common ones
+            (:data:`~degen.engines.evidence.STOP_TOKENS`).
         cut_reason: the finish_reason of a cut: ``"kind"`` (``"repetition"`` for a loop,
             ``"degenerate"`` for babble and glued words) or ``"length"`` (for clients
             that accept only OpenAI's values; the ``degen`` evidence names the kind).
@@ -214,8 +222,11 @@ class GuardConfig:
     max_body: int = 1 << 20
     timeout: float = 600.0
     connect_timeout: float = 10.0
-    cut_kinds: frozenset[str] = frozenset(KINDS)
+    cut_kinds: frozenset[str] = frozenset(TEXT_KINDS)
     cut_reason: str = "kind"
+    horizon: int | None = None
+    runaway_weights: Mapping[str, Any] | None = None
+    stop_tokens: tuple[str, ...] = ()
     logprobs: bool = True
     log_content: bool = False
     max_connections: int = 1024
@@ -311,6 +322,19 @@ class GuardConfig:
                 raise InvalidParams(f"--cut: unknown kind {bad[0]!r}; use all or any of "
                                     f"{', '.join(KINDS)}")
             s(self, "cut_kinds", kinds)
+        if self.horizon is not None and (isinstance(self.horizon, bool)
+                                         or not isinstance(self.horizon, int)
+                                         or self.horizon < 2):
+            raise InvalidParams(f"--horizon must be a number of tokens >= 2, got "
+                                f"{self.horizon!r}")
+        if self.runaway_weights is not None:
+            from degen.detect.runaway import check_weights
+
+            s(self, "runaway_weights", check_weights(self.runaway_weights))
+        if isinstance(self.stop_tokens, str) or not all(
+                isinstance(t, str) for t in self.stop_tokens):
+            raise InvalidParams("stop_tokens must be a list of the stop tokens' texts")
+        s(self, "stop_tokens", tuple(self.stop_tokens))
         if self.cut_reason not in CUT_REASONS:
             raise InvalidParams(f"--cut-reason must be kind or length, got {self.cut_reason!r}")
         s(self, "defaults", dict(self.defaults))

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from degen.detect.base import Finding
 from degen.detect.loop import prompt_text
-from degen.detect.watch import CUT_REASON, KINDS, Watch
-from degen.engines.openai import token_logprobs
+from degen.detect.watch import CUT_REASON, DEFAULT, TEXT_KINDS, Watch, WatchConfig
+from degen.engines.evidence import stop_evidence, token_logprobs
+from degen.load.extend import default_horizon
 from degen.records import CUT_REASONS as STOPPED_EARLY
 
 CHAT = "/v1/chat/completions"
@@ -81,12 +82,18 @@ class Exchange:
             values); the evidence names the kind either way.
         strip_logprobs: the guard asked the upstream for log-probabilities the client
             did not ask for: take them out of what the client gets.
+        horizon, runaway_weights: the runaway prediction's (see
+            :func:`~degen.detect.watch.stream_watch`).
+        stop_texts: read each token's stopping evidence off its top alternatives with
+            these as the stop tokens (None: not read).
     """
 
     def __init__(self, endpoint: str, client_body: dict[str, Any],
                  upstream_body: dict[str, Any], max_tokens: int, *, detect: bool = True,
-                 cut_kinds: Iterable[str] = KINDS, cut_reason: str = "kind",
-                 strip_logprobs: bool = False) -> None:
+                 cut_kinds: Iterable[str] = TEXT_KINDS, cut_reason: str = "kind",
+                 strip_logprobs: bool = False, horizon: int | None = None,
+                 runaway_weights: Mapping[str, Any] | None = None,
+                 stop_texts: Collection[str] | None = None) -> None:
         self.endpoint = endpoint
         self.chat = endpoint == CHAT
         self.stream = bool(client_body.get("stream"))
@@ -100,6 +107,10 @@ class Exchange:
         self.cut_kinds = frozenset(cut_kinds)
         self.cut_reason = cut_reason
         self.strip_logprobs = strip_logprobs
+        self.horizon, self.runaway_weights = horizon, runaway_weights
+        self.stop_texts = stop_texts
+        self._config = WatchConfig(runaway={"weights": runaway_weights}) \
+            if runaway_weights else DEFAULT
         self._prompt: str | None = None
         self._body = upstream_body
         self.choices: dict[int, ChoiceState] = {}
@@ -125,7 +136,9 @@ class Exchange:
     def choice(self, index: int) -> ChoiceState:
         st = self.choices.get(index)
         if st is None:
-            watch = Watch(self.prompt) if self.detect else None
+            watch = Watch(self.prompt, horizon=self.horizon or default_horizon(
+                self.max_tokens), model=self._body.get("model"), config=self._config) \
+                if self.detect else None
             st = self.choices[index] = ChoiceState(index, watch)
         return st
 
@@ -163,6 +176,7 @@ class Exchange:
                 delta, text, reasoning = None, ch.get("text"), None
             lp = ch.get("logprobs")
             lps = _logprobs(lp) if lp is not None else None
+            stops = stop_evidence(lp, self.stop_texts) if lps and self.stop_texts else None
             if text or reasoning or lps:
                 st.tokens += len(lps) if lps else 1
                 start = st.fed
@@ -177,11 +191,11 @@ class Exchange:
                 if w is not None and not w.done:
                     found = False
                     if isinstance(reasoning, str) and reasoning:
-                        found = w.feed(reasoning, lps) is not None
-                        lps = None  # fed once, with the chunk's first text
+                        found = w.feed(reasoning, lps, stops) is not None
+                        lps = stops = None  # fed once, with the chunk's first text
                     body = text if isinstance(text, str) else ""
                     if body or lps:
-                        found = (w.feed(body, lps) is not None) or found
+                        found = (w.feed(body, lps, stops) is not None) or found
                     f = w.first_of(self.cut_kinds) if found and self.cut_kinds else None
                     if f is not None:
                         st.finding = f
@@ -200,8 +214,8 @@ class Exchange:
                 if told != st.finish:
                     ch["finish_reason"] = told
                     changed = True
-                if st.watch is not None and not st.watch.done:
-                    st.watch.finish()  # what ran to the end (counted, not cut)
+                if st.watch is not None:  # what ran to the end (counted, not cut)
+                    st.watch.finish(ended=st.finish not in ("length", *STOPPED_EARLY))
             keep.append(ch)
         if changed:
             chunk["choices"] = keep

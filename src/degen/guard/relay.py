@@ -237,7 +237,7 @@ class Relay(Response):
         self.body = self.guard.retry_body(self.route, self.ex.endpoint, self.client_body)
         strip = self.guard.ask_logprobs(self.ex.endpoint, self.body)
         self.ex = self.guard.exchange(self.ex.endpoint, self.client_body, self.body,
-                                      old.max_tokens, strip)
+                                      old.max_tokens, strip, self.route)
         self.ex.started = old.started
         try:
             resp = await self._open()

@@ -90,6 +90,17 @@ class Route:
             self._pool = pool_for(self.url, self._config)
         return self._pool
 
+    @property
+    def dialect(self) -> str:
+        """The server's kind, from ``owned_by`` in its ``/v1/models`` (``auto`` until
+        the first health check)."""
+        from degen.engines.openai import _OWNED_BY
+
+        for m in self.model_entries:
+            if isinstance(m, dict) and m.get("owned_by") in _OWNED_BY:
+                return _OWNED_BY[m["owned_by"]]
+        return "auto"
+
     def serves(self, model: Any) -> bool:
         return model == self.name or (isinstance(model, str) and model in self.models)
 

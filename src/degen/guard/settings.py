@@ -30,9 +30,11 @@ SCALARS: dict[str, type | tuple[type, ...]] = {
     "cut_reason": str, "logprobs": bool, "holdback": int, "on_degenerate": str,
     "retry_params_from": str, "shutdown_timeout": (int, float),
     "health_interval": (int, float), "log_format": str, "log_level": str,
-    "log_content": bool, "system": str,
+    "log_content": bool, "system": str, "horizon": int, "runaway_weights": str,
+    "stop_tokens": list,
 }
 TABLES = ("defaults", "overrides", "retry_params", "upstreams")
+DEFAULT_CUT = "loop,gibberish,spacing"  # runaway is watched, cut only when asked
 UPSTREAM_KEYS = {"url": str, "defaults": dict, "overrides": dict, "system": str,
                  "upstream_key": str, "params_from": str, "dialect": str}
 DIALECTS = ("auto", "vllm", "llamacpp", "openai")
@@ -149,14 +151,20 @@ def build(file: Mapping[str, Any], flags: Mapping[str, Any], resolve: bool = Tru
     if s.get("retry_params_from") and resolve and first_url:
         fields, _ = _tuned(s["retry_params_from"], first_url, key, dialect)
         tables["retry_params"] = {**fields, **tables["retry_params"]}
-    kinds = _kinds(s.get("cut", "all"), "--cut") - _kinds(s.get("no_cut"), "--no-cut")
+    kinds = _kinds(s.get("cut", DEFAULT_CUT), "--cut") - _kinds(s.get("no_cut"), "--no-cut")
     kw: dict[str, Any] = {k: s[k] for k in (
         "host", "port", "workers", "api_key", "upstream_key", "timeout", "connect_timeout",
         "max_tokens_cap", "max_connections", "cut_reason", "logprobs", "holdback",
         "on_degenerate", "shutdown_timeout", "health_interval", "log_format", "log_level",
-        "log_content") if k in s}
+        "log_content", "horizon") if k in s}
     if "max_body" in s:
         kw["max_body"] = parse_size(s["max_body"])
+    if "stop_tokens" in s:
+        kw["stop_tokens"] = tuple(s["stop_tokens"])
+    if s.get("runaway_weights"):
+        from degen.detect.runaway_weights import load_weights
+
+        kw["runaway_weights"] = load_weights(Path(s["runaway_weights"]))
     return GuardConfig(upstream=default_url, upstreams=tuple(ups), defaults=tables["defaults"],
                        overrides=tables["overrides"], retry_params=tables["retry_params"],
                        system=system, cut_kinds=kinds, **kw)

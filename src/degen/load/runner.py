@@ -53,6 +53,7 @@ class RunResult:
     completions: list[Completion]
     out: Path
     stopped: bool = False
+    extended: int = 0  # continuations sent to reach the horizon
 
 
 def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | None = None,
@@ -60,7 +61,9 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
              extra_meta: dict[str, Any] | None = None,
              detectors: DetectorList | None = None,
              stop: Callable[[list[Completion]], bool] | None = None,
-             interrupt: threading.Event | None = None) -> RunResult:
+             interrupt: threading.Event | None = None, horizon: int | None = None,
+             extend_share: float = 1.0,
+             extend_progress: Callable[[int], Progress] | None = None) -> RunResult:
     """Run ``plan`` on ``engine``, writing records to ``out``. Returns every completion
     of the plan (those of earlier sessions too when resuming). With ``detectors`` each
     record carries its verdict (see :mod:`degen.detect.verdict`).
@@ -70,8 +73,19 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
     recorded as ``"cancelled"``), ``run.json`` says ``"stopped"`` and
     :attr:`RunResult.stopped` is set. A tuning study uses it to prune a trial that is
     already confidently worse. Ctrl-C cancels the requests in flight the same way, and
-    so does setting ``interrupt`` from another thread (a study being interrupted)."""
+    so does setting ``interrupt`` from another thread (a study being interrupted).
+
+    ``horizon``: once the plan is done, every generation that reached its cap (or was
+    cut as a runaway) is continued until it ends or reaches ``horizon`` tokens in all
+    (:mod:`degen.load.extend`; ``extend_share`` of them, chosen at random, when < 1),
+    shown on ``extend_progress(total)``, and the completions come back with what was found
+    (``extra["outcome"]``)."""
     out = Path(out)
+    if horizon is not None:
+        from degen.load.extend import check_horizon, check_share
+
+        check_horizon(horizon, plan.params.max_tokens)
+        check_share(extend_share)
     workers = max(1, concurrency or engine.preferred_concurrency)
     fingerprint = plan.fingerprint()
     if resume:
@@ -90,27 +104,13 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
     progress.skip(len(done_ids))
     results: list[Completion] = list(done)
     lock = threading.Lock()
-    halt = threading.Event()
-    inflight: set[threading.Event] = set()
+    flight = InFlight()
+    halt, cancel_inflight = flight.halt, flight.cancel
     if stop is not None and done and stop(list(done)):
         halt.set()
 
-    def cancel_inflight() -> None:
-        with lock:
-            for ev in inflight:
-                ev.set()
-
     def work(req: Request) -> Completion:
-        cancel = threading.Event()
-        with lock:
-            if halt.is_set():
-                cancel.set()
-            inflight.add(cancel)
-        try:
-            c = engine.complete(req, cancel=cancel)
-        finally:
-            with lock:
-                inflight.discard(cancel)
+        c = flight.complete(engine, req)
         if detectors is not None:
             c = replace(c, verdict=judge(c, detectors))
         store.append(c)
@@ -118,9 +118,7 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
             results.append(c)
             progress.update(c)
             if stop is not None and not halt.is_set() and stop(list(results)):
-                halt.set()
-                for ev in inflight:
-                    ev.set()
+                flight.stop()
         return c
 
     status = "finished"
@@ -146,7 +144,48 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
         store.update_meta(status=status, finished_at=_now_iso())
         store.close()
     results.sort(key=lambda c: (c.run, c.index))
-    return RunResult(results, out, stopped=halt.is_set())
+    sent = 0
+    if horizon is not None and not halt.is_set():
+        from degen.load.extend import extend
+
+        ext = extend(engine, out, horizon, share=extend_share, seed=plan.seed,
+                     concurrency=concurrency, progress=extend_progress, interrupt=interrupt,
+                     records=results)
+        results, sent = ext.completions, ext.sent
+    return RunResult(results, out, stopped=halt.is_set(), extended=sent)
+
+
+class InFlight:
+    """The requests with an engine right now, each with its cancel event: once
+    :attr:`halt` is set, :meth:`cancel` withdraws them, and a request sent after that
+    is withdrawn at once."""
+
+    def __init__(self) -> None:
+        self.halt = threading.Event()
+        self._lock = threading.Lock()
+        self._events: set[threading.Event] = set()
+
+    def complete(self, engine: Engine, req: Request) -> Completion:
+        cancel = threading.Event()
+        with self._lock:
+            if self.halt.is_set():
+                cancel.set()
+            self._events.add(cancel)
+        try:
+            return engine.complete(req, cancel=cancel)
+        finally:
+            with self._lock:
+                self._events.discard(cancel)
+
+    def cancel(self) -> None:
+        with self._lock:
+            for ev in self._events:
+                ev.set()
+
+    def stop(self) -> None:
+        """Send nothing more and withdraw what is in flight."""
+        self.halt.set()
+        self.cancel()
 
 
 def _dispatch(todo: list[tuple[Request, float]], workers: int,

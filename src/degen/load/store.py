@@ -70,6 +70,43 @@ def settled(records: Iterable[Completion]) -> list[Completion]:
     return list(out.values())
 
 
+class AppendLog:
+    """An append-only JSONL file of records: a line cut short by a crash is dropped
+    when it is opened, every complete line is kept (:attr:`records`), and each
+    :meth:`append` is written and flushed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.records: list[Completion] = []
+        if self.path.exists():
+            self.records = list(iter_records(self.path, allow_torn_tail=True))
+            _truncate_torn_tail(self.path)
+        self._lock = threading.Lock()
+        self._fh: Any = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def append(self, c: Completion) -> None:
+        line = c.to_json() + "\n"
+        with self._lock:
+            if self._fh is None:  # closed: a request cancelled by Ctrl-C ending late
+                return
+            self._fh.write(line)
+            self._fh.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
 class RunDir:
     """An output folder. Use :meth:`create` for a new run, :meth:`resume` to continue."""
 
@@ -77,8 +114,7 @@ class RunDir:
         self.path = Path(path)
         self.records_path = self.path / RECORDS
         self.run_json_path = self.path / RUN_JSON
-        self._lock = threading.Lock()
-        self._fh: Any = None
+        self._log: AppendLog | None = None
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -93,7 +129,7 @@ class RunDir:
             raise OutputDirError(f"--out {d.path} is a file; pass a folder")
         d.path.mkdir(parents=True, exist_ok=True)
         d.write_meta(meta)
-        d._fh = open(d.records_path, "a", encoding="utf-8")  # noqa: SIM115
+        d._log = AppendLog(d.records_path)
         return d
 
     @classmethod
@@ -111,28 +147,13 @@ class RunDir:
                 f"{d.path} was started with different settings ({', '.join(diff)} differ); "
                 "resume with the same flags or choose another --out"
             )
-        done: list[Completion] = []
-        if d.records_path.exists():
-            done = list(iter_records(d.records_path, allow_torn_tail=True))
-            d._truncate_torn_tail()
-        d._fh = open(d.records_path, "a", encoding="utf-8")  # noqa: SIM115
-        return d, settled(done)
-
-    def _truncate_torn_tail(self) -> None:
-        data = self.records_path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.records_path, "r+b") as f:
-                f.truncate(keep)
+        d._log = AppendLog(d.records_path)
+        return d, settled(d._log.records)
 
     # ---------------------------------------------------------------- writing
     def append(self, c: Completion) -> None:
-        line = c.to_json() + "\n"
-        with self._lock:
-            if self._fh is None:  # closed: a request cancelled by Ctrl-C ending late
-                return
-            self._fh.write(line)
-            self._fh.flush()
+        if self._log is not None:
+            self._log.append(c)
 
     def read_meta(self) -> dict[str, Any]:
         try:
@@ -150,7 +171,5 @@ class RunDir:
         return meta
 
     def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+        if self._log is not None:
+            self._log.close()

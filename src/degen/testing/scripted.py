@@ -94,6 +94,8 @@ class ScriptedServer:
         echo_text: what ``echo`` streams when the request has no ``echo`` field.
         logprobs: stream log-probabilities to requests that ask (False: ignore them).
         logprob: the log-probability given to every streamed token.
+        stop_logprob: the end token's among each token's alternatives (None: not
+            among them), for requests that ask for more than one.
         texts: what ``replay`` streams: the text whose index is the request's ``seed``,
             in word pieces (about a token each), then ``finish_reason: length``.
         model: the model ``/models`` lists.
@@ -105,7 +107,7 @@ class ScriptedServer:
                  loop_unit: str = "The cat sat on the mat.", max_chunks: int = 5000,
                  fast_chunks: int = 32, echo_text: str = OK_TEXT, logprobs: bool = True,
                  logprob: float = -0.3, texts: list[str] | None = None,
-                 model: str = "scripted-model") -> None:
+                 model: str = "scripted-model", stop_logprob: float | None = None) -> None:
         self.script = list(script)
         self.model = model
         self.owned_by = owned_by
@@ -115,7 +117,7 @@ class ScriptedServer:
         self.max_chunks, self.fast_chunks = max_chunks, fast_chunks
         self.fast_words = prose(fast_chunks)
         self.echo_text = echo_text
-        self.logprobs, self.logprob = logprobs, logprob
+        self.logprobs, self.logprob, self.stop_logprob = logprobs, logprob, stop_logprob
         self.texts = list(texts or ())
         self.bodies: list[dict[str, Any]] = []
         self.auths: list[str | None] = []
@@ -242,17 +244,26 @@ class ScriptedServer:
 
             # --- streams for the guard ------------------------------------
             def _lp(self, chat: bool, text: str) -> dict[str, Any] | None:
-                """The chunk's ``logprobs``: one token (``text``) when asked for."""
+                """The chunk's ``logprobs``: one token (``text``) when asked for, with the
+                end token ``<|im_end|>`` among its alternatives at the request's
+                ``"scripted_stop_logprob"`` (when it has one and asked for more than one
+                alternative; else the last alternative is ``-12``: a bound)."""
                 asked = self.body.get("logprobs")
                 if not server.logprobs or not text or asked is None or asked is False:
                     return None
                 lp = float(self.body.get("scripted_logprob", server.logprob))
+                top = self.body.get("top_logprobs") if chat else asked
+                alts = [(text, lp)]
+                if isinstance(top, int) and not isinstance(top, bool) and top > 1:
+                    stop = self.body.get("scripted_stop_logprob", server.stop_logprob)
+                    alts.append(("<|im_end|>", float(stop)) if stop is not None
+                                else (" and", -12.0))
                 if chat:
                     return {"content": [{"token": text, "logprob": lp, "bytes": None,
-                                         "top_logprobs": [{"token": text, "logprob": lp,
-                                                           "bytes": None}]}]}
-                return {"tokens": [text], "token_logprobs": [lp], "top_logprobs": [{text: lp}],
-                        "text_offset": [0]}
+                                         "top_logprobs": [{"token": t, "logprob": v,
+                                                           "bytes": None} for t, v in alts]}]}
+                return {"tokens": [text], "token_logprobs": [lp],
+                        "top_logprobs": [dict(alts)], "text_offset": [0]}
 
             def _piece(self, text: str, finish: str | None = None) -> dict[str, Any]:
                 if self.path.rstrip("/").endswith("/chat/completions"):

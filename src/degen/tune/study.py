@@ -8,9 +8,17 @@ Statistics (the failure rates worth tuning are small, so every request counts):
   trials are then differences between parameters, not between prompt draws. A
   trial's records live in ``trials/<hash of its parameters>/``, so a repeated
   configuration (or a retried trial) resumes its records instead of paying again.
+- **What fails.** A runaway (a generation that would not end by ``horizon`` tokens,
+  8 times ``max_tokens`` by default) or a degenerate one (a loop, babble, glued
+  words); reaching the cap alone is not a failure (most capped answers of a good
+  configuration end a little later). In the search, runaways are predicted by the
+  watch (:mod:`degen.detect.runaway`); in the confirmation they are known: every
+  capped generation is continued to the horizon (``extend_share`` of them, with a
+  two-phase estimate, when < 1; none with ``extend=False``).
 - **Early cut** (``early_cut``): the engine's watch stops a generation that loops,
   babbles or glues its words after tens of tokens (finish_reason ``repetition`` or
-  ``degenerate``); it counts as a failure like a runaway.
+  ``degenerate``), or that it predicts will not end (``runaway``); it counts as a
+  failure.
 - **Racing** (``prune``): a trial is compared, request by request, with the best
   finished trial that is at least as good on the other objectives, at a quarter,
   half and three quarters of its requests; once an exact paired test says it is
@@ -22,7 +30,7 @@ Statistics (the failure rates worth tuning are small, so every request counts):
   best vs baseline gets a paired test (exact McNemar) and Newcombe's interval of
   the difference.
 
-Objectives, by name: ``failure`` (runaways + cuts, or any of ``kinds``),
+Objectives, by name: ``failure`` (runaways and degenerate kinds, or any of ``kinds``),
 ``tokens`` (mean completion tokens), ``latency`` (p50 seconds) and ``deviation``
 (seed 000's ``|repetition_penalty - 1|``). ``deviation`` is a known function of the
 parameters, so by default it is *not* handed to the sampler, which would otherwise
@@ -55,18 +63,17 @@ from degen.errors import InvalidParams, UsageError
 from degen.load.runner import run_load, versions
 from degen.load.schedule import Plan
 from degen.load.store import RECORDS, iter_records, settled
-from degen.measure import FAILURE_KINDS, Measure, examples, paired, params_key
+from degen.measure import FAILURE_KINDS, Measure, examples, params_key
 from degen.progress import Forwarding, Progress
 from degen.prompts import Prompt
 from degen.records import Completion
-from degen.risk import prompt_categories, risk
+from degen.risk import prompt_categories
 from degen.tune.race import Race, as_stop, outcomes
 from degen.tune.space import SearchSpace, deviation, sampling_params, with_system
 from degen.tune.storage import Interrupted, alive, locked, redact, storage_class
-from degen.tune.summary import best_risk, summarize_study
+from degen.tune.summary import DEFAULTS_ARM, best_risk, confirmation, summarize_study
 
 OBJECTIVES = ("failure", "tokens", "latency", "deviation")
-DEFAULTS_ARM = "baseline"
 
 
 @dataclass
@@ -76,7 +83,7 @@ class TuneConfig:
     space: SearchSpace
     out: Path
     objectives: tuple[str, ...] = ("failure",)
-    kinds: tuple[str, ...] = ("runaway",)
+    kinds: tuple[str, ...] = FAILURE_KINDS
     trials: int = 10
     requests: int = 32
     runs: int = 1
@@ -94,6 +101,9 @@ class TuneConfig:
     sampler: str = "tpe"
     jobs: int = 1
     stress: bool = False
+    horizon: int | None = None  # None: 8 x max_tokens
+    extend: bool = True  # continue the confirmation's capped generations to the horizon
+    extend_share: float = 1.0
 
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
@@ -118,6 +128,11 @@ class TuneConfig:
             raise InvalidParams(f"--confirm must be >= 0 (0 = skip), got {self.confirm}")
         if self.sampler not in ("tpe", "random"):
             raise InvalidParams(f"--sampler must be tpe or random, got {self.sampler!r}")
+        from degen.load.extend import check_horizon, check_share, default_horizon
+
+        self.horizon = check_horizon(self.horizon, self.max_tokens) \
+            if self.horizon is not None else default_horizon(self.max_tokens)
+        self.extend_share = check_share(self.extend_share)
         self.out = Path(self.out)
 
     @property
@@ -195,7 +210,8 @@ class Tuner:
         # jobs is left out: workers may run different numbers of trials at once
         mine = {"objectives": list(cfg.objectives), "kinds": list(cfg.kinds),
                 "space": cfg.space.to_dict(), "requests": cfg.requests, "runs": cfg.runs,
-                "max_tokens": cfg.max_tokens, "seed": cfg.seed, "early_cut": cfg.early_cut,
+                "max_tokens": cfg.max_tokens, "horizon": cfg.horizon, "seed": cfg.seed,
+                "early_cut": cfg.early_cut,
                 "rate": cfg.rate, "arrivals": cfg.arrivals, "stress": cfg.stress}
         if "degen" in attrs:
             theirs = attrs["degen"]
@@ -293,8 +309,10 @@ class Tuner:
     # ---- one trial
     def measure(self, values: dict[str, Any], folder: Path, seed: int, requests: int,
                 stop: Callable[[list[Completion]], bool] | None = None,
-                weights: tuple[float, ...] | None = None
+                weights: tuple[float, ...] | None = None, extend: bool = False
                 ) -> tuple[Measure, list[Completion], bool]:
+        """One configuration on one plan; ``extend``: its capped generations are then
+        continued to the horizon (the confirmation's truth)."""
         cfg = self.cfg
         params = sampling_params(values, cfg.max_tokens)
         plan = Plan(prompts=with_system(self.prompts, values.get("system")), params=params,
@@ -306,11 +324,15 @@ class Tuner:
             nested = Forwarding(self.progress, plan.total)
             result = run_load(self.engine, plan, folder, concurrency=cfg.concurrency,
                               resume=resume, progress=nested, detectors=self.detectors,
-                              extra_meta={"values": values}, stop=stop,
-                              interrupt=self._halt)
+                              extra_meta={"values": values, "horizon": cfg.horizon},
+                              stop=stop, interrupt=self._halt,
+                              horizon=cfg.horizon if extend else None,
+                              extend_share=cfg.extend_share)
         if result.stopped:
             self.progress.skip(plan.total - len(result.completions))
-        return Measure.of(result.completions, cfg.kinds), result.completions, result.stopped
+        share = cfg.extend_share if extend else None
+        return (Measure.of(result.completions, cfg.kinds, cfg.horizon, share),
+                result.completions, result.stopped)
 
     def _pruner(self, study: Any, values: dict[str, Any]) -> Callable[[list[Completion]], bool]:
         """Race the trial against the best finished trial that is no worse on every
@@ -480,38 +502,27 @@ class Tuner:
             seen.add(params_key(values))
             arms.append((f"trial-{t.number}", values, t.number))
             last = t
-        results: dict[str, Any] = {}
         completions: dict[str, list[Completion]] = {}
 
         def arm(name: str, values: dict[str, Any], number: int | None) -> Callable[[], None]:
             def go() -> None:
-                m, cs, _ = self.measure(values, cfg.out / "confirm" / params_key(values),
+                _, cs, _ = self.measure(values, cfg.out / "confirm" / params_key(values),
                                         cfg.seed + 1, cfg.confirm,
-                                        lambda cs: self._halt.is_set())
-                if self._halt.is_set():
-                    return
-                completions[name] = cs
-                results[name] = {"values": values, "trial": number, "measure": m.to_dict(),
-                                 "deviation": deviation(values),
-                                 "examples": examples(cs, cfg.kinds),
-                                 **risk(cs, cfg.kinds, prompt_categories(self.prompts))}
+                                        lambda cs: self._halt.is_set(), extend=cfg.extend)
+                if not self._halt.is_set():
+                    completions[name] = cs
             return go
 
-        self.log(f"confirming {', '.join(a[0] for a in arms)} on {cfg.confirm} new requests")
+        self.log(f"confirming {', '.join(a[0] for a in arms)} on {cfg.confirm} new requests"
+                 + (f", their capped generations continued to {cfg.horizon:,} tokens"
+                    if cfg.extend else ""))
         # with parallel jobs the arms share the engine at once (fuller batches)
         step = len(arms) if cfg.jobs > 1 else 1
         for i in range(0, len(arms), step):
             self._background([arm(*a) for a in arms[i:i + step]])
-        results = {a[0]: results[a[0]] for a in arms}  # in order: baseline first
-        candidates = [a for a in results if a != DEFAULTS_ARM]
-        best = min(candidates, key=lambda a: (results[a]["measure"]["rate"] or 0.0,
-                                             results[a]["deviation"]), default=None)
-        comparison = None
-        if best is not None:
-            comparison = paired(completions[best], completions[DEFAULTS_ARM], cfg.kinds)
-            comparison.update(best=best, baseline=DEFAULTS_ARM)
-        return {"arms": results, "best": best, "comparison": comparison,
-                "requests": cfg.confirm, "seed": cfg.seed + 1}
+        return confirmation([(n, v, t, completions[n]) for n, v, t in arms], cfg.kinds,
+                            cfg.horizon, cfg.extend_share if cfg.extend else None,
+                            prompt_categories(self.prompts), cfg.confirm, cfg.seed + 1)
 
 
 def _fmt(v: Any) -> str:
