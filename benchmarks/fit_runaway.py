@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from degen.detect.runaway import EVIDENCE
-from degen.detect.runaway_fit import Generation, fit, read_runs, score, score_cuts
+from degen.detect.runaway_fit import L2, Generation, fit, read_runs, score, score_cuts
 
 
 def half(g: Generation, seed: int) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap", type=int, default=256)
     ap.add_argument("--horizon", type=int, default=1280)
     ap.add_argument("--cut", type=float, default=None, help="the track's cut (default its own)")
-    ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--l2", type=float, default=L2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(gens)} generations read in {time.time() - t0:.0f} s; fit on {len(train)} "
           f"({len({g.prompt_id for g in train})} prompts), scored on {len(test)} "
           f"({len(capped)} capped)")
-    weights = fit(train, args.l2, longest=args.horizon)
+    weights = fit(train, args.l2, longest=args.horizon, upto=args.cap)
     cut_opts: dict[str, Any] = {"weights": {**weights}, "horizon": args.horizon}
     for ev in EVIDENCE:
         cut_opts["weights"].setdefault(ev, weights.get("logprobs", {}))
@@ -67,19 +68,41 @@ def main(argv: list[str] | None = None) -> int:
                            "horizon": args.horizon, "generations": len(gens),
                            "train": len(train), "test": len(test), "test_capped": len(capped),
                            "weights_train": weights, "scores": {}}
+    from degen.detect.runaway_fit import predict
+
+    def ended_judged(ev: str) -> dict[str, Any]:
+        """Of the held-out generations that ended by the horizon, the share judged a
+        runaway: cut mid-stream, or capped with p >= 1/2 at the cap."""
+        cut_at = {g.request_id: g.cut_at.get(ev) for g in test_cut}
+        k = n = 0
+        for g in test:
+            if not g.outcome.ended_by(args.horizon):
+                continue
+            n += 1
+            c = cut_at.get(g.request_id)
+            judged = c is not None and c < g.outcome.tokens
+            f = g.at.get(args.cap, {}).get(ev)
+            if not judged and f is not None and g.outcome.tokens > args.cap:
+                f = dict(f, log_left=math.log(args.horizon - args.cap))
+                judged = predict(weights, ev, f) >= 0.5
+            k += judged
+        return {"value": k / n if n else None, "k": k, "n": n}
+
     for ev in weights:
         at_cap = score(test, weights, ev, args.cap, args.horizon)
         at_128 = score(test, weights, ev, 128, args.horizon)
         cuts = score_cuts(test_cut, ev, args.horizon)
-        out["scores"][ev] = {"at_cap": at_cap, "at_128": at_128, "cuts": cuts}
+        judged = ended_judged(ev)
+        out["scores"][ev] = {"at_cap": at_cap, "at_128": at_128, "cuts": cuts,
+                             "ended_judged_runaway": judged}
         print(f"{ev:>9}: at the cap n={at_cap['n']} ({at_cap['runaways']} runaways) "
               f"precision {_fmt(at_cap['precision'])} recall {_fmt(at_cap['recall'])} "
               f"brier {at_cap['brier']:.3f}; at 128 precision {_fmt(at_128['precision'])} "
               f"recall {_fmt(at_128['recall'])}; cut precision {_fmt(cuts['precision'])} "
               f"recall {_fmt(cuts['recall'])} ended-cut {_fmt(cuts['ended_cut'])} "
               f"median at {cuts['cut_at_median']} ({cuts['after_onset_median']} after the "
-              "onset)")
-    full = fit(gens, args.l2, longest=args.horizon)
+              f"onset); ended judged runaway {_fmt(judged)}")
+    full = fit(gens, args.l2, longest=args.horizon, upto=args.cap)
     out["weights"] = full
     print("weights (all the data):")
     print(json.dumps(full, indent=1))

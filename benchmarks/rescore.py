@@ -28,7 +28,7 @@ def rescore(rows: list[dict[str, Any]], model: str | None = None) -> list[dict[s
     import torch
 
     from degen.engines import hf
-    from degen.engines.local import Detokenizer
+    from degen.engines.detokenize import Detokenizer
 
     mdl, tok = hf.load_model(hf.resolve_model(model), "cpu", "auto")
     out = []

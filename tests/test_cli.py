@@ -97,10 +97,15 @@ def test_run_json_summary_on_the_local_engine(tmp_path: Path) -> None:
             "latency_p50_s", "latency_p95_s"} <= set(s)
     assert s["n"] == 4 and s["errors"] == 0 and s["out"] == str(tmp_path / "o")
     recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
-    assert s["failures"] == sum(c.finish_reason == "length" for c in recs)
+    # reaching the cap is counted, and is not a failure by itself: a failure is a
+    # runaway (predicted here: no --horizon) or a degenerate kind
+    capped = sum(c.finish_reason == "length" for c in recs)
+    assert s["capped"] == capped == s["kinds"]["capped"]["count"] > 0
+    assert s["runaways"] == s["runaways_predicted"] == s["kinds"]["runaway"]["count"]
+    assert s["runaways_known"] == 0 and s["long"] == capped - s["runaways"]
+    assert s["failures"] == sum(bool(set(c.verdict["kinds"]) - {"capped"}) for c in recs)
     assert s["tokens_per_s"] > 0
-    assert set(s["kinds"]) == {"runaway", "loop", "spacing", "gibberish", "any"}
-    assert s["kinds"]["runaway"]["count"] == s["failures"]
+    assert set(s["kinds"]) == {"capped", "runaway", "loop", "spacing", "gibberish", "any"}
     assert all(c.verdict is not None for c in recs)
     lo, hi = s["ci95"]
     assert 0 <= lo <= hi <= 1
@@ -118,8 +123,16 @@ def test_human_summary(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "runaways" in r.stdout and "95% CI" in r.stdout and "records.jsonl" in r.stdout
     assert "detected" in r.stdout and "gibberish" in r.stdout
-    # 6 tokens: every answer runs to the cap, so the table of what fails most shows
-    assert "failing most, by category" in r.stdout and "by prompt:" in r.stdout
+    # 6 tokens: every answer runs to the cap; whether they would end is predicted
+    assert "capped             2" in r.stdout and "predicted" in r.stdout
+    # a horizon continues them: now it is known, and some of 2 would not end by 12 tokens
+    r = degen("run", "--requests", "2", "--max-tokens", "6", "--horizon", "12", "--out",
+              str(tmp_path / "h"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "known by extension" in r.stdout and "predicted" not in r.stdout
+    # the table of what fails most shows when something fails, and only then
+    shown = "failing most, by category" in r.stdout and "by prompt:" in r.stdout
+    assert shown == ("failures           0" not in r.stdout)
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -31,4 +31,4 @@ def test_rich_bar_renders() -> None:
         p.update(comp("length"))
         p.update(comp("stop"))
     text = buf.getvalue()
-    assert "local:test" in text and "2/4" in text and "runaways" in text
+    assert "local:test" in text and "2/4" in text and "failing" in text

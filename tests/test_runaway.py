@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from degen.load.extend import (
     Outcome,
     check_horizon,
     check_share,
+    chosen,
     extend,
     load_run,
     outcomes,
@@ -132,7 +134,9 @@ def test_two_phase_with_every_unit_known_is_the_plain_rate() -> None:
 def test_a_partial_extension_gives_the_measure_a_two_phase_estimate() -> None:
     cs = [comp(str(i), verdict=judged(i % 2 == 0, 0.7 if i % 2 == 0 else 0.2))
           for i in range(10)]
-    cs[0] = comp("0", verdict=judged(True, 0.7),
+    # one drawn for the half share (by its id and seed), and continued: it ended
+    k = next(i for i in range(0, 10, 2) if chosen(cs[i], 0.5))
+    cs[k] = comp(str(k), verdict=judged(True, 0.7),
                  extra={"outcome": {"tokens": 300, "ended": True, "horizon": 800}})
     m = Measure.of(cs, extend_share=0.5)
     assert m.estimate is not None and m.estimate["known"] == 1
@@ -214,6 +218,22 @@ def test_extension_continues_only_the_capped_and_resumes(tmp_path: Path) -> None
     assert (folder / EXTENSIONS).read_text().count("\n") == 5
 
 
+def test_a_generation_that_fills_the_context_is_a_known_runaway(tmp_path: Path) -> None:
+    class Small(Continuing):  # a context of 250 tokens: room for 150 more
+        def complete(self, request: Request, cancel=None) -> Completion:
+            c = super().complete(request, cancel)
+            n = min(c.completion_tokens or 0, 250 - request.continued)
+            return replace(c, completion_tokens=n, token_ids=tuple(range(n)))
+
+    folder = run_folder(tmp_path, [comp("a")])
+    res = extend(Small(set()), folder, 800)
+    assert res.completions[0].extra["outcome"] == {"tokens": 250, "ended": False,
+                                                    "horizon": 800, "full": True}
+    assert status(res.completions[0]).runaway is True and status(res.completions[0]).known
+    again = Small(set())  # known: nothing is sent again, at any horizon
+    assert extend(again, folder, 800).sent == 0 and extend(again, folder, 4000).sent == 0
+
+
 def test_extend_share_picks_the_same_random_share_every_time(tmp_path: Path) -> None:
     cs = [comp(str(i)) for i in range(60)]
     folder = run_folder(tmp_path, cs)
@@ -225,6 +245,22 @@ def test_extend_share_picks_the_same_random_share_every_time(tmp_path: Path) -> 
     second = Continuing(set())
     extend(second, folder, 300, share=0.5, seed=11)
     assert {r.request_id for r in second.requests} == picked
+
+
+def test_a_share_after_a_whole_extension_counts_only_its_own_draw(tmp_path: Path) -> None:
+    """Every capped generation extended, then read as a quarter share: only the quarter
+    drawn (by each record's own seed) counts its truth, or the estimate is biased."""
+    cs = [comp(str(i)) for i in range(80)]
+    cs = [replace(c, params=c.params.replace(seed=1000 + i)) for i, c in enumerate(cs)]
+    folder = run_folder(tmp_path, cs)
+    extend(Continuing({str(i) for i in range(0, 80, 2)}), folder, 400)
+    done = load_run(folder)
+    assert all(status(c).known for c in done)
+    m = Measure.of(done, ("runaway",), extend_share=0.25)
+    drawn = [c for c in done if chosen(c, 0.25)]
+    assert 5 < len(drawn) < 40 and m.estimate["known"] == len(drawn)
+    # the draws nest: a quarter share continues a subset of what a half continues
+    assert set(map(id, drawn)) <= {id(c) for c in done if chosen(c, 0.5)}
 
 
 def test_a_cancelled_continuation_is_sent_again(tmp_path: Path) -> None:
@@ -281,6 +317,10 @@ def test_stop_evidence_is_exact_when_a_stop_token_is_listed_else_a_bound() -> No
     llama = {"content": [chat_token("x", -0.1, [("x", -0.1), ("", -1.0)])]}
     assert stop_evidence(llama, stop_token_texts("llamacpp")) == [(-1.0, False)]
     assert stop_evidence(llama, stop_token_texts("vllm")) == [(-1.0, True)]
+    # told the model's own stop tokens, the common ones no longer count
+    own = stop_token_texts("vllm", ("<|im_end|>",))
+    assert stop_evidence(lp, own)[0] == (-2.0, False)
+    assert stop_evidence(comp_lp, own) == [(-5.0, True), (-2.0, True)]
     # no alternatives: no evidence
     assert stop_evidence({"content": [{"token": "x", "logprob": -1.0}]}, stops) is None
 

@@ -171,10 +171,12 @@ def test_records_carry_verdicts_and_the_summary_counts_kinds(tmp_path: Path) -> 
     res = run_load(Looper(), plan(runs=1), tmp_path / "o", detectors=default_detectors())
     recs = list(iter_records(tmp_path / "o" / "records.jsonl"))
     assert all(c.verdict is not None for c in recs)
-    looped = [c for c in recs if c.verdict["kinds"] == ["loop", "runaway"]]
+    # a loop that reached its cap: capped (a fact) and a loop (a failure)
+    looped = [c for c in recs if c.verdict["kinds"] == ["capped", "loop"]]
     assert len(looped) == 4  # indices 0, 3, 6, 9
     s = summarize(res.completions)
     assert s["kinds"]["loop"]["count"] == 4 and s["kinds"]["loop"]["n"] == 9  # 1 error
+    assert s["failures"] == 4 and s["capped"] == 4
     assert s["kinds"]["gibberish"]["count"] == 0
 
 

@@ -82,14 +82,27 @@ def status(c: Completion, horizon: int | None = None) -> Status:
                   p_runaway=p if isinstance(p, int | float) else None)
 
 
+def how_known(known: int, total: int, extended: bool) -> str:
+    """How ``total`` runaways are known, ``known`` of them by extension, as a phrase;
+    ``extended``: the capped generations were continued (then none is a known 0)."""
+    if known == total and (total or extended):
+        return "known by extension"
+    if not known:
+        return "predicted"
+    return f"{known} of {total} known by extension, the rest predicted"
+
+
 def is_failure(c: Completion, kinds: Sequence[str] = FAILURE_KINDS,
                horizon: int | None = None) -> bool:
     """A failure: a runaway (``"runaway"`` in ``kinds``) or one of the degenerate
     ``kinds``."""
     if not c.is_measured:
         return False
-    s = status(c, horizon)
-    return bool(("runaway" in kinds and s.runaway) or s.degenerate & set(kinds))
+    return _fails(status(c, horizon), set(kinds))
+
+
+def _fails(s: Status, kinds: set[str]) -> bool:
+    return bool(("runaway" in kinds and s.runaway) or s.degenerate & kinds)
 
 
 @dataclass
@@ -126,7 +139,7 @@ class Measure:
         lat = [c.timings.latency_s for c in valid if c.timings.latency_s is not None]
         sts = [status(c, horizon) for c in valid]
         want = set(kinds)
-        fails = [bool(("runaway" in want and s.runaway) or s.degenerate & want) for s in sts]
+        fails = [_fails(s, want) for s in sts]
         m = cls(n=len(valid), failures=sum(fails),
                 cut=sum(c.is_cut for c in valid), errors=sum(c.is_error for c in cs),
                 tokens=sum(c.completion_tokens or 0 for c in cs),  # cancelled ones too
@@ -137,10 +150,11 @@ class Measure:
                 long=sum(s.long for s in sts), degenerate=sum(bool(s.degenerate) for s in sts),
                 extension_tokens=sum(_continued(c) for c in valid))
         if extend_share is not None and extend_share < 1 and "runaway" in want:
+            from degen.load.extend import chosen
             from degen.stats import two_phase
 
-            m.estimate = two_phase([_phase(s, f, want) for s, f in zip(sts, fails,
-                                                                       strict=True)],
+            m.estimate = two_phase([_phase(s, f, want, chosen(c, extend_share))
+                                    for c, s, f in zip(valid, sts, fails, strict=True)],
                                    extend_share)
         return m
 
@@ -198,13 +212,16 @@ def _continued(c: Completion) -> int:
         else 0
 
 
-def _phase(s: Status, failed: bool, kinds: set[str]) -> tuple[float, float | None]:
+def _phase(s: Status, failed: bool, kinds: set[str], drawn: bool
+           ) -> tuple[float, float | None]:
     """A generation in the two-phase estimate: (its prediction, its known value or
-    None). Degenerate and ended generations are known in the first phase."""
+    None). Degenerate and ended generations are known in the first phase; a capped one's
+    truth counts only when it was ``drawn`` for the share (one known from an earlier,
+    larger extension is left to its prediction: counting it would bias the estimate)."""
     if s.degenerate & kinds or s.ended or s.runaway is None:
         return (float(failed), float(failed))
     pred = s.p_runaway if s.p_runaway is not None else float(bool(s.runaway))
-    return (pred, float(bool(s.runaway)) if s.known else None)
+    return (pred, float(bool(s.runaway)) if s.known and drawn else None)
 
 
 def finding_of(c: Completion) -> dict[str, Any] | None:

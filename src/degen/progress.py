@@ -31,7 +31,8 @@ class Progress:
     def update(self, c: Completion) -> None:
         with self._lock:
             self.done += 1
-            self.failures += is_failure(c)
+            if not (c.extra or {}).get("extends"):  # a continuation is no new request
+                self.failures += is_failure(c)
             self.errors += c.is_error
             if not c.is_error:
                 self.tokens += c.completion_tokens or 0
@@ -41,6 +42,12 @@ class Progress:
         """Count ``n`` requests already done (a resumed run)."""
         with self._lock:
             self.done += n
+            self._refresh()
+
+    def grow(self, n: int) -> None:
+        """``n`` more requests to wait for (an extension found work to do)."""
+        with self._lock:
+            self.total += n
             self._refresh()
 
     @property
@@ -73,6 +80,10 @@ class Forwarding(Progress):
     def skip(self, n: int) -> None:
         super().skip(n)
         self.outer.skip(n)
+
+    def grow(self, n: int) -> None:
+        super().grow(n)
+        self.outer.grow(n)
 
     def __enter__(self) -> Forwarding:
         return self
@@ -107,8 +118,8 @@ class RichProgress(Progress):
         self._task = self._bar.add_task(description, total=total, failures=0, errors=0, tok_s=0.0)
 
     def _refresh(self) -> None:
-        self._bar.update(self._task, completed=self.done, failures=self.failures,
-                         errors=self.errors, tok_s=self.tok_s)
+        self._bar.update(self._task, completed=self.done, total=self.total,
+                         failures=self.failures, errors=self.errors, tok_s=self.tok_s)
 
     def __enter__(self) -> RichProgress:
         self._bar.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from degen.errors import UsageError
+from degen.measure import how_known
 
 
 def load_summary(folder: Path) -> dict[str, Any]:
@@ -97,8 +98,7 @@ def runaway_headline(s: dict[str, Any]) -> str | None:
     n_b, n_t = base["n"], best["n"]
     known = base.get("runaways_known", 0) + best.get("runaways_known", 0)
     total = base["runaways"] + best["runaways"]
-    how = ("known by extension" if known == total else "predicted" if not known
-           else "known by extension where continued, else predicted")
+    how = how_known(known, total, bool(c.get("extended")))
     if c.get("extend_share") not in (None, 1.0):
         how += f" (a share {c['extend_share']:g} continued: two-phase estimate)"
     return (f"runaways (would not end by {h:,} tokens, {how}): {base['runaways']}/{n_b} at "

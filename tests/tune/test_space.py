@@ -116,9 +116,14 @@ def _c(i: int, reason: str) -> Completion:
 def test_paired_comparison_counts_pairs_and_measures() -> None:
     best = [_c(0, "stop"), _c(1, "stop"), _c(2, "repetition"), _c(3, "stop"), _c(4, "error")]
     base = [_c(0, "length"), _c(1, "length"), _c(2, "length"), _c(3, "stop"), _c(4, "stop")]
-    r = paired(best, base, ("runaway",))
+    r = paired(best, base, ("runaway", "loop"))
     assert r["pairs"] == 4  # the errored request is left out of the pairs
     assert r["table"] == {"both": 1, "only_first": 0, "only_second": 2, "neither": 1}
     assert r["difference"] == -0.5 and r["ci95"][0] < -0.5 < r["ci95"][1]
-    m = Measure.of(best, ("runaway",))
+    m = Measure.of(best, ("runaway", "loop"))
     assert (m.n, m.failures, m.cut, m.errors) == (4, 1, 1, 1)
+    # a loop cut is a degenerate loop, not a runaway: counting runaways alone, it passes
+    # (the capped baselines, never judged, count as runaways)
+    r = paired(best, base, ("runaway",))
+    assert r["table"] == {"both": 0, "only_first": 0, "only_second": 3, "neither": 1}
+    assert Measure.of(best, ("runaway",)).failures == 0

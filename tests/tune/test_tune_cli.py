@@ -56,8 +56,20 @@ def test_tune_json_has_best_baseline_and_report(tuned) -> None:
     assert not cseeds & {x[2] for x in seeds[0]}
     # what the decision cost, split by phase
     t = s["tokens"]
-    assert t["search"] + t["confirmation"] + t["stress_pilot"] == s["generated_tokens"] > 0
+    assert t["search"] + t["confirmation"] + t["stress_pilot"] + t["extension"] == \
+        s["generated_tokens"] > 0
     assert t["confirmation"] > 0 and t["stress_pilot"] == 0
+    # the confirmation's capped generations were continued to the horizon (8 x 40): its
+    # runaways are known, and a capped generation that ended is a long answer
+    assert s["horizon"] == 320 and "known by extension" in s["runaways"]
+    for arm in (s["baseline"], s["best_confirmed"]):
+        assert arm["runaways_known"] == arm["runaways"] <= arm["capped"] + arm["cut"]
+        assert arm["long"] + arm["runaways"] <= arm["capped"] + arm["cut"]
+    assert (t["extension"] > 0) == any(a["capped"] for a in (s["baseline"],
+                                                             s["best_confirmed"]))
+    ext = [f / "extensions.jsonl" for f in (out / "confirm").iterdir()]
+    assert all(e.exists() for e in ext if any(
+        c.finish_reason == "length" for c in iter_records(e.parent / "records.jsonl")))
     # which prompts fail, for the confirmed best configuration: 6 requests in all
     assert sum(r["n"] for r in s["by_prompt"]) == 6 == sum(r["n"] for r in s["by_category"])
     assert sum(r["failures"] for r in s["by_prompt"]) == s["best_confirmed"]["failures"]
@@ -76,6 +88,7 @@ def test_report_renders_offline_in_chromium(tuned, tmp_path: Path) -> None:
     dom = dump_dom(html)
     for section in ("Confirmed on 6 new requests", "Pareto front", "Trials",
                     "Failure rate along each parameter", "Which prompts fail",
+                    "How generations end", "still going at 320",
                     "Configuration and versions"):
         assert section in dom
     assert network_requests(html) == []

@@ -90,7 +90,10 @@ def test_the_cached_checkpoint_is_the_same_model_in_vllm(engine: OpenAIEngine) -
     """The folder degen writes for the GGUF is read by vLLM as the model transformers
     runs: the same greedy answers, and the same log-probabilities for them."""
     ids = ["qa-01", "qa-02", "story-01", "code-01"]
-    eng = OpenAIEngine(engine.base_url, logprobs=True, timeout=300)
+    # SmolLM2 ends its turns with <|im_end|> alone (the common list also has its
+    # <|endoftext|>, which the local engine does not count)
+    eng = OpenAIEngine(engine.base_url, logprobs=True, timeout=300,
+                       stop_tokens=("<|im_end|>",))
     try:
         served = {i: ask(eng, i, temperature=0, max_tokens=32) for i in ids}
     finally:
@@ -123,7 +126,8 @@ def test_the_cached_checkpoint_is_the_same_model_in_vllm(engine: OpenAIEngine) -
                 assert abs(x - y) < 0.01, (i, x, y)
         if served[i].finish_reason == "stop":  # the last token is the end token itself
             assert not upper[-1] and sa[-1] == a[-1]
-    assert exact >= 4
+    # at least where an answer ended the end token was listed: exact values compared
+    assert exact >= sum(served[i].finish_reason == "stop" for i in ids) >= 1
 
 
 # ---------------------------------------------------------------------- vLLM's own stop

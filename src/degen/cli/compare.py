@@ -129,11 +129,12 @@ def print_compare(s: dict[str, Any]) -> None:
         typer.echo(f"{a['name']:<16} {rate:<28} {a['n']:>4} {a['runaways']:>9} "
                    f"{a['capped']:>7} {a['long']:>5} {a['degenerate']:>6} {tpr:>10} {p50:>7}")
     cfg = s["config"]
+    from degen.measure import how_known
+
     known = sum(a["runaways_known"] for a in s["arms"])
     total = sum(a["runaways"] for a in s["arms"])
     typer.echo(f"runaways: would not end by {cfg['horizon']:,} tokens ("
-               + ("known by extension" if known == total else "predicted" if not known
-                  else f"{known} of {total} known by extension, the rest predicted") + ")")
+               f"{how_known(known, total, bool(cfg.get('extend')))})")
     typer.echo("")
     typer.echo(f"{'a':<12} {'b':<12} {'a - b (95% CI)':<26} {'p':>8} {'adjusted':>9}")
     for p in s["pairs"]:

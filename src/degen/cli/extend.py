@@ -96,7 +96,9 @@ def extend_cmd(
     if not caps:
         raise UsageError(f"{folder}: no measured generation to extend")
     cap = max(caps)
-    h = check_horizon(horizon, cap) if horizon is not None else default_horizon(cap)
+    if horizon is None:  # the horizon the folder was measured against, else 8 x the cap
+        horizon = next(filter(None, map(_recorded_horizon, metas)), default_horizon(cap))
+    h = check_horizon(horizon, cap)
     share = check_share(extend_share) if extend_share is not None else 1.0
     err = typer.echo
     show = not quiet and sys.stderr.isatty()
@@ -111,9 +113,10 @@ def extend_cmd(
                     err(f"loading {meta['engine'].get('model', '')} ...", err=True)
                 engines[key] = engine_from_description(meta["engine"], base_url=base_url,
                                                        api_key=api_key)
-            plan = meta.get("plan") or {}
-            res = extend(engines[key], run, h, share=share, seed=int(plan.get("seed", 0)),
-                         concurrency=concurrency,
+                load = getattr(engines[key], "load", None)
+                if load is not None:  # a model that cannot load fails here, once
+                    load()
+            res = extend(engines[key], run, h, share=share, concurrency=concurrency,
                          progress=lambda n, name=run.name: bar(n, f"extend {name}"))
             sent += res.sent
     except KeyboardInterrupt:
@@ -123,6 +126,14 @@ def extend_cmd(
         for eng in engines.values():
             eng.close()
     _summarize(folder, kind, h, share, sent, json_out)
+
+
+def _recorded_horizon(meta: dict[str, Any]) -> int | None:
+    """The horizon a run was extended to (``extension``) or measured against (a study's
+    runs record theirs as ``horizon``)."""
+    ext = meta.get("extension")
+    h = ext.get("horizon") if isinstance(ext, dict) else meta.get("horizon")
+    return h if isinstance(h, int) and not isinstance(h, bool) else None
 
 
 def _summarize(folder: Path, kind: str, horizon: int, share: float, sent: int,

@@ -95,8 +95,8 @@ def guard(
         help="A runaway predictor fitted on your model's runs (degen fit-runaway).",
         show_default=False, rich_help_panel=WATCH)] = None,
     stop_token: Annotated[list[str] | None, typer.Option(
-        help="The text of a served model's stop token, if not a common one (<|im_end|>, "
-        "<|eot_id|>, </s>, ...; repeatable).", show_default=False,
+        help="The text of the served model's stop token (repeatable); default: the "
+        "common ones (<|im_end|>, <|eot_id|>, </s>, ...).", show_default=False,
         rich_help_panel=WATCH)] = None,
     no_cut: Annotated[str | None, typer.Option(
         "--no-cut", metavar="KINDS", help="Kinds not to cut (taken out of --cut); --no-cut "

@@ -170,8 +170,10 @@ def print_summary(s: dict[str, Any]) -> None:
         ("requests", str(s["n"])),
         ("failures", f"{s['failures']}  rate {rate}"),
         ("runaways", runaway_line(s)),
-        ("capped", f"{s['capped']}  (of them {s['long']} end by {s['horizon']:,} tokens: "
-                   "long answers)" if s.get("horizon") else str(s["capped"])),
+        ("capped", f"{s['capped']}  (of them {s['long']} long answers: end by "
+                   f"{s['horizon']:,} tokens, "
+                   + ("known by extension)" if s.get("extended_to") else "predicted)")
+                   if s.get("horizon") else str(s["capped"])),
         ("degenerate", str(s["degenerate"])),
         ("errors", str(s["errors"]) + (f"  first: {s['first_error']}"
                                        if s["first_error"] else "")),
@@ -200,11 +202,11 @@ def print_summary(s: dict[str, Any]) -> None:
 
 def runaway_line(s: dict[str, Any]) -> str:
     """How many would not end by the horizon, and how that is known."""
+    from degen.measure import how_known
+
     h = s.get("horizon")
     by = f" by {h:,} tokens" if h else ""
-    known, pred = s["runaways_known"], s["runaways_predicted"]
-    how = ("known by extension" if not pred else "predicted" if not known
-           else f"{known} known by extension, {pred} predicted")
+    how = how_known(s["runaways_known"], s["runaways"], s.get("extended_to") is not None)
     line = f"{s['runaways']}  (would not end{by}; {how})"
     est = s.get("estimate")
     if est and est.get("rate") is not None:

@@ -33,13 +33,21 @@ from degen.records import Completion
 
 #: positions (tokens) where a generation's measures are taken for the fit
 POSITIONS = (48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 640, 768)
+#: the fit learns from positions past this share of the cap (earlier, too little is
+#: known to tell a runaway: predictions there come out low, and nothing is cut)
+FROM = 0.5
 #: horizons, as multiples of the position, a position is paired with
-RATIOS = (2, 3, 5, 8, 10)
+RATIOS = (5, 8, 10)
+#: the L2 penalty on the standardized weights (chosen by cross-validation on the
+#: bundled model's runs: benchmarks/fit_runaway.py)
+L2 = 1e-2
+#: probabilities at which precision and recall are also reported
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 #: the measures each kind of evidence may use
 USES: dict[str, tuple[str, ...]] = {
     "stop": FEATURES,
     "logprobs": tuple(f for f in FEATURES if not f.startswith("stop_")),
-    "text": tuple(f for f in FEATURES if not f.startswith("stop_") and f != "surprise"),
+    "text": tuple(f for f in FEATURES if not f.startswith(("stop_", "surprise"))),
 }
 
 
@@ -87,11 +95,13 @@ def read_generation(c: Completion, continuations: Sequence[Completion], outcome:
     """``c`` (with its ``continuations``) read by the watch, once per kind of evidence,
     its measures taken at ``positions``; ``cut``: options of the runaway track whose
     mid-stream cut is recorded too (``cut_at``: the token of the first cut, per
-    evidence). None when the record has no log-probabilities aligned with its text."""
+    evidence), the generation then read as it was generated, to its cap (where a run
+    stops it), not further. None when the record has no log-probabilities aligned with
+    its text."""
     from degen.detect.loop import prompt_text
     from degen.detect.watch import Watch, WatchConfig
 
-    text, lps, chars, stops = _stream(c, continuations)
+    text, lps, chars, stops = _stream(c, () if cut else continuations)
     if not lps:
         return None
     g = Generation(c.request_id, c.prompt_id, outcome, c.params.max_tokens)
@@ -157,9 +167,12 @@ def read_runs(folders: Iterable[Path], positions: Iterable[int] = POSITIONS,
 
 
 def examples(gens: Sequence[Generation], evidence: str, ratios: Iterable[int] = RATIOS,
-             longest: int | None = None) -> tuple[list[list[float]], list[int], list[float]]:
-    """(measures, label, weight) for every known (position, horizon) pair: label 1 when
-    the generation had not ended by the horizon. Each generation weighs 1 in all."""
+             longest: int | None = None, upto: int | None = None
+             ) -> tuple[list[list[float]], list[int], list[float]]:
+    """(measures, label, weight) for every known (position, horizon) pair, positions up
+    to ``upto`` (the cap: where a run's watch reads) and horizons up to ``longest``:
+    label 1 when the generation had not ended by the horizon. Each generation weighs 1
+    in all."""
     from degen.detect.runaway import FEATURES as names
 
     xs: list[list[float]] = []
@@ -168,7 +181,7 @@ def examples(gens: Sequence[Generation], evidence: str, ratios: Iterable[int] = 
     for g in gens:
         rows = []
         for t, by_ev in g.at.items():
-            if evidence not in by_ev:
+            if evidence not in by_ev or (upto is not None and not FROM * upto <= t <= upto):
                 continue
             if g.outcome.ended and g.outcome.tokens <= t:
                 continue  # it had ended: nothing was generating there
@@ -221,15 +234,16 @@ def logistic(xs: Sequence[Sequence[float]], ys: Sequence[int], ws: Sequence[floa
     return float(bias), [float(c) for c in coef]
 
 
-def fit(gens: Sequence[Generation], l2: float = 1e-3,
-        longest: int | None = None) -> dict[str, dict[str, float]]:
+def fit(gens: Sequence[Generation], l2: float = L2, longest: int | None = None,
+        upto: int | None = None) -> dict[str, dict[str, float]]:
     """Weights for every kind of evidence the generations carry (the generic fit for
-    a kind they lack, stopping evidence, is left out)."""
+    a kind they lack, stopping evidence, is left out), from positions up to ``upto``
+    and horizons up to ``longest``."""
     from degen.detect.runaway import FEATURES as names
 
     out: dict[str, dict[str, float]] = {}
     for ev in EVIDENCE:
-        xs, ys, ws = examples(gens, ev, longest=longest)
+        xs, ys, ws = examples(gens, ev, longest=longest, upto=upto)
         if not xs:
             continue
         keep = [i for i, n in enumerate(names) if n in USES[ev]]
@@ -262,6 +276,7 @@ def score(gens: Sequence[Generation], weights: Mapping[str, Mapping[str, float]]
     tp = fp = fn = tn = 0
     brier = 0.0
     bins = [[0, 0.0, 0] for _ in range(10)]  # n, sum p, runaways
+    seen: list[tuple[float, bool]] = []
     for g in gens:
         f0 = g.at.get(at, {}).get(evidence)
         if f0 is None or (g.outcome.ended and g.outcome.tokens <= at):
@@ -273,6 +288,7 @@ def score(gens: Sequence[Generation], weights: Mapping[str, Mapping[str, float]]
         f["log_left"] = math.log(max(1, horizon - at))
         p = predict(weights, evidence, f)
         y = not ended
+        seen.append((p, y))
         brier += (p - y) ** 2
         b = bins[min(9, int(p * 10))]
         b[0] += 1
@@ -283,9 +299,15 @@ def score(gens: Sequence[Generation], weights: Mapping[str, Mapping[str, float]]
         else:
             fn, tn = fn + y, tn + (not y)
     n = tp + fp + fn + tn
+    curve = []
+    for cut in THRESHOLDS:
+        hit = [y for p, y in seen if p >= cut]
+        curve.append({"threshold": cut, "precision": _rate(sum(hit), len(hit)),
+                      "recall": _rate(sum(hit), tp + fn)})
     return {"at": at, "horizon": horizon, "evidence": evidence, "n": n,
             "runaways": tp + fn, "precision": _rate(tp, tp + fp),
             "recall": _rate(tp, tp + fn), "brier": brier / n if n else None,
+            "thresholds": curve,
             "reliability": [{"p": round(i / 10, 1), "n": b[0],
                              "mean_p": b[1] / b[0] if b[0] else None,
                              "share": b[2] / b[0] if b[0] else None}
@@ -325,7 +347,7 @@ def score_cuts(gens: Sequence[Generation], evidence: str, horizon: int) -> dict[
 
 
 def fit_report(folders: Sequence[Path], horizon: int | None = None,
-               l2: float = 1e-3) -> dict[str, Any]:
+               l2: float = L2) -> dict[str, Any]:
     """``degen fit-runaway``: the fit on every generation of ``folders`` and how it does
     on them (in sample: at the cap and as a mid-stream cut), at ``horizon`` (default
     the longest the extensions followed)."""
@@ -339,7 +361,7 @@ def fit_report(folders: Sequence[Path], horizon: int | None = None,
     if h <= cap:
         raise UsageError(f"the runs were not extended past their cap ({cap} tokens); run "
                          "degen extend on them first")
-    weights = fit(gens, l2, longest=h)
+    weights = fit(gens, l2, longest=h, upto=cap)
     if not weights:
         raise UsageError("too few generations to fit: extend more runs")
     for ev in EVIDENCE:  # a kind of evidence the runs lack reads as the next one's fit

@@ -191,9 +191,9 @@ class Watch:
         track = self.runaway
         if track is not None and (logprobs or delta):
             if logprobs:
-                for i in range(len(logprobs)):
-                    track.token(stops[i] if stops is not None and i < len(stops) else None,
-                                self.chars)
+                for i, lp in enumerate(logprobs):
+                    track.token(lp, stops[i] if stops is not None and i < len(stops)
+                                else None, self.chars)
             else:
                 track.chunk()
             if logprobs and track.tokens >= self._look:  # text alone: judged at the end
@@ -335,6 +335,8 @@ class Watch:
         offset = self._pending_at + start
         newline = pending.find("\n", gap_from, start) >= 0
         self.units += 1
+        if self.runaway is not None:
+            self.runaway.unit(raw)
         c = raw[0]
         word = c.isalnum() or c == "_"
         if newline:

@@ -12,10 +12,12 @@ exact, otherwise the ending had less than the last (k-th) value, which is kept a
 exact value always.
 
 Stop tokens are recognized by their text: :data:`STOP_TOKENS` (the end tokens of the
-common chat models) unless told otherwise. vLLM writes special tokens as themselves
-(``<|im_end|>``); llama-cpp-python writes every special token as the empty string,
-so in its dialect ``""`` counts as a stop token too (a special token inside an
-answer is almost always the end).
+common chat models) unless told the served model's own. The common list can count a
+token that does not end this model's generations (SmolLM2 lists ``<|endoftext|>``
+but ends its turns with ``<|im_end|>`` alone), which then reads as evidence of ending.
+vLLM writes special tokens as themselves (``<|im_end|>``); llama-cpp-python writes
+every special token as the empty string, so in its dialect ``""`` counts as a stop
+token too (a special token inside an answer is almost always the end).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ STOP_TOKENS: tuple[str, ...] = (
     "<｜end▁of▁sentence｜>")
 
 
-def stop_token_texts(dialect: str, extra: Sequence[str] = ()) -> frozenset[str]:
-    """The texts read as stop tokens for a server of ``dialect``."""
-    return frozenset((*STOP_TOKENS, *extra, *(("",) if dialect == "llamacpp" else ())))
+def stop_token_texts(dialect: str, only: Sequence[str] = ()) -> frozenset[str]:
+    """The texts read as stop tokens for a server of ``dialect``: ``only`` when given
+    (the served model's own), else :data:`STOP_TOKENS`."""
+    return frozenset((*(only or STOP_TOKENS), *(("",) if dialect == "llamacpp" else ())))
 
 
 def logprob_fields(chat: bool, top: int = TOP_LOGPROBS) -> dict[str, Any]:

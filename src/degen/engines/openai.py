@@ -15,8 +15,8 @@ repetition_penalty        ``repetition_penal`` ``repeat_penalty``  dropped
 no_repeat_ngram_size      dropped              dropped             dropped
 repetition_min_count,     ``repetition_        dropped             dropped
 repetition_max/min_pat.   detection`` (0=off)
-logprobs (asked)          ``logprobs: true``, ``top_logprobs: 1`` (chat); ``logprobs: 1``
-                          (completions), every dialect
+logprobs (asked)          ``logprobs: true``, ``top_logprobs: 20`` (chat); ``logprobs: 20``
+                          (completions), every dialect (1 without the stopping evidence)
 ========================  ===================  ==================  ==============
 
 Where the server has a knob it is always sent, even at its neutral value, so the
@@ -32,10 +32,15 @@ end-of-turn tokens or skip the prompt, so ``repetition_penalty_scope="output"``
 and ``penalize_eot=False`` are reported as dropped there.
 
 Log-probabilities: with ``logprobs`` (the default when guarding) the engine asks for
-the sampled tokens' log-probabilities (:func:`logprob_fields`; 1 alternative, not 0,
-because llama.cpp's server returns none below 1), feeds them to the watch and stores
-them, rounded to 4 decimals, in ``extra["logprobs"]``, so the batch verdict sees what
-the stream saw. A server that ignores the request still works (text-only watch).
+the sampled tokens' log-probabilities (:func:`logprob_fields`; at least 1 alternative,
+not 0, because llama.cpp's server returns none below 1), feeds them to the watch and
+stores them, rounded to 4 decimals, in ``extra["logprobs"]``, so the batch verdict sees
+what the stream saw. With them comes the *stopping evidence* (``stop_evidence``, on by
+default): 20 alternatives a token, from which the probability the model gave to
+ending is read (:mod:`degen.engines.evidence`; ``extra["stop_logprobs"]`` and
+``extra["stop_upper"]``). A server that ignores the request still works (text-only
+watch). A continuation (an extension, :mod:`degen.load.extend`) is sent as the text so
+far (:func:`build_body`) and never cut.
 
 Failures: connection errors, timeouts, 429 and 5xx are retried with exponential
 backoff (honouring ``Retry-After``); what still fails, and every 4xx, becomes a
@@ -209,7 +214,7 @@ class OpenAIEngine(Engine):
             log-probability the model gave to ending (``extra["stop_logprobs"]``; where no
             stop token was among them, the last alternative's value, an upper bound,
             marked 1 in ``extra["stop_upper"]``); default: with ``logprobs``.
-        stop_tokens: the texts of the model's stop tokens, when they are not among
+        stop_tokens: the texts of the model's stop tokens; default: the common ones,
             :data:`~degen.engines.evidence.STOP_TOKENS`.
         horizon, runaway_weights: as the local engine's (the runaway cut).
     """
@@ -247,7 +252,7 @@ class OpenAIEngine(Engine):
         if self.stop_evidence and not self.logprobs:
             raise InvalidParams("stop evidence comes with the tokens' log-probabilities: "
                                 "turn logprobs on, or stop_evidence off")
-        self._extra_stops = tuple(stop_tokens)
+        self._stop_tokens = tuple(stop_tokens)
         if horizon is not None and horizon < 1:
             raise InvalidParams(f"horizon must be >= 1 token, got {horizon}")
         self.horizon, self.runaway_weights = horizon, runaway_weights
@@ -267,7 +272,7 @@ class OpenAIEngine(Engine):
             raise
         self.dialect = dialect if dialect != "auto" else _OWNED_BY.get(owned_by or "", "openai")
         self.server_owned_by = owned_by
-        self.stop_texts = stop_token_texts(self.dialect, self._extra_stops)
+        self.stop_texts = stop_token_texts(self.dialect, self._stop_tokens)
 
     # ------------------------------------------------------------------ setup
     def _discover(self, model: str | None) -> tuple[str, str | None]:

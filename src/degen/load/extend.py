@@ -65,25 +65,30 @@ def check_share(share: float) -> float:
 class Outcome:
     """How a generation ended, as far as it was followed: ``ended`` at ``tokens``, or
     still going at ``tokens`` (the furthest horizon it was continued to, or the cap);
-    ``horizon``: the one it was continued toward (what "runaway" was asked against)."""
+    ``horizon``: the one it was continued toward (what "runaway" was asked against);
+    ``full``: it filled the model's context there without ending, so it never ends
+    (seed 000's failure itself), whatever the horizon."""
 
     tokens: int
     ended: bool
     horizon: int | None = None
+    full: bool = False
 
     def ended_by(self, horizon: int) -> bool | None:
         """Did it end by ``horizon`` tokens? None when it was not followed that far."""
         if self.ended:
             return self.tokens <= horizon
-        return False if self.tokens >= horizon else None
+        return False if self.full or self.tokens >= horizon else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "ended": self.ended, "horizon": self.horizon}
+        d = {"tokens": self.tokens, "ended": self.ended, "horizon": self.horizon}
+        return d | {"full": True} if self.full else d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Outcome:
         h = d.get("horizon")
-        return cls(int(d["tokens"]), bool(d["ended"]), int(h) if h is not None else None)
+        return cls(int(d["tokens"]), bool(d["ended"]), int(h) if h is not None else None,
+                   bool(d.get("full")))
 
 
 def unended(c: Completion) -> bool:
@@ -91,9 +96,12 @@ def unended(c: Completion) -> bool:
     return c.is_measured and c.finish_reason in UNENDED
 
 
-def chosen(c: Completion, share: float, seed: int) -> bool:
-    """Whether ``c`` is among the ``share`` continued (a hash of its id and ``seed``)."""
-    return share >= 1 or derive_seed(seed, "extend-share", c.request_id) < share * 2**63
+def chosen(c: Completion, share: float, seed: int | None = None) -> bool:
+    """Whether ``c`` is among the ``share`` continued: a hash of its id and its own
+    sampling seed (or ``seed``), so the summaries can tell which outcomes were drawn,
+    and a smaller share picks a subset of a larger one's."""
+    base = c.params.seed if seed is None else seed
+    return share >= 1 or derive_seed(base or 0, "extend-share", c.request_id) < share * 2**63
 
 
 #: what an outcome needs of a continuation: (from, tokens, finish_reason, horizon)
@@ -130,6 +138,8 @@ def outcome_of(c: Completion, continued: Sequence[Part]) -> Outcome | None:
         h = max(best.horizon or 0, horizon) or None
         if finish == "stop":
             return Outcome(start + tokens, True, h)
+        if finish == "length" and start + tokens < horizon:  # the context was full
+            return Outcome(start + tokens, False, h, full=True)
         best = Outcome(max(best.tokens, start + tokens), False, h)
     return best
 
@@ -200,7 +210,7 @@ def continuation(c: Completion, done: Sequence[Completion], horizon: int) -> Req
 
 
 def plan_extension(cs: Sequence[Completion], extensions: Sequence[Completion], horizon: int,
-                   share: float = 1.0, seed: int = 0) -> list[tuple[Request, int]]:
+                   share: float = 1.0, seed: int | None = None) -> list[tuple[Request, int]]:
     """The continuations still to send for ``cs`` to be known up to ``horizon``, each
     with the number of tokens it continues from."""
     known = outcomes(cs, extensions)
@@ -230,7 +240,8 @@ class ExtendResult:
     share: float
 
 
-def extend(engine: Engine, folder: Path, horizon: int, *, share: float = 1.0, seed: int = 0,
+def extend(engine: Engine, folder: Path, horizon: int, *, share: float = 1.0,
+           seed: int | None = None,
            concurrency: int | None = None,
            progress: Callable[[int], Progress] | None = None,
            interrupt: threading.Event | None = None,
@@ -291,11 +302,3 @@ def extend(engine: Engine, folder: Path, horizon: int, *, share: float = 1.0, se
                                          "status": status})
     every = [*existing, *new]
     return ExtendResult(attach(cs, every), every, len(todo), horizon, share)
-
-
-def extension_meta(folder: Path) -> Mapping[str, Any] | None:
-    """What ``run.json`` says of the folder's extension (horizon, share, seed)."""
-    meta_path = Path(folder) / "run.json"
-    if not meta_path.exists():
-        return None
-    return RunDir(Path(folder)).read_meta().get("extension")

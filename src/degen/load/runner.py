@@ -148,9 +148,8 @@ def run_load(engine: Engine, plan: Plan, out: Path | str, *, concurrency: int | 
     if horizon is not None and not halt.is_set():
         from degen.load.extend import extend
 
-        ext = extend(engine, out, horizon, share=extend_share, seed=plan.seed,
-                     concurrency=concurrency, progress=extend_progress, interrupt=interrupt,
-                     records=results)
+        ext = extend(engine, out, horizon, share=extend_share, concurrency=concurrency,
+                     progress=extend_progress, interrupt=interrupt, records=results)
         results, sent = ext.completions, ext.sent
     return RunResult(results, out, stopped=halt.is_set(), extended=sent)
 

@@ -327,12 +327,18 @@ class Tuner:
                               extra_meta={"values": values, "horizon": cfg.horizon},
                               stop=stop, interrupt=self._halt,
                               horizon=cfg.horizon if extend else None,
-                              extend_share=cfg.extend_share)
+                              extend_share=cfg.extend_share,
+                              extend_progress=self._extend_bar)
         if result.stopped:
             self.progress.skip(plan.total - len(result.completions))
         share = cfg.extend_share if extend else None
         return (Measure.of(result.completions, cfg.kinds, cfg.horizon, share),
                 result.completions, result.stopped)
+
+    def _extend_bar(self, n: int) -> Progress:
+        """The continuations of an extension, counted on the study's one bar."""
+        self.progress.grow(n)
+        return Forwarding(self.progress, n)
 
     def _pruner(self, study: Any, values: dict[str, Any]) -> Callable[[list[Completion]], bool]:
         """Race the trial against the best finished trial that is no worse on every
