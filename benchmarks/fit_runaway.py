@@ -14,8 +14,11 @@ of one half are never seen by the fit. On the other half, for every kind of evid
     .venv/bin/python -m benchmarks.fit_runaway --data benchmarks/data/runaway-smollm2 \\
         --json benchmarks/results/runaway-smollm2.json
 
-Prints the weights to paste into degen/detect/runaway_weights.py (fitted on all of
-the data once scored).
+Prints the weights to paste into degen/detect/runaway_weights.py: the fit on the
+training half, the one scored (``weights_train``; ``weights`` is the fit on all the
+data, for comparison). ``--fixture FILE`` writes held-out capped generations (half
+runaways, half long answers, with what their extension found under
+``known_outcome``) for the tests (tests/corpus/runaways-*.jsonl).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l2", type=float, default=L2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--fixture", type=Path, default=None)
+    ap.add_argument("--fixture-n", type=int, default=40)
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -102,13 +107,44 @@ def main(argv: list[str] | None = None) -> int:
               f"recall {_fmt(cuts['recall'])} ended-cut {_fmt(cuts['ended_cut'])} "
               f"median at {cuts['cut_at_median']} ({cuts['after_onset_median']} after the "
               f"onset); ended judged runaway {_fmt(judged)}")
-    full = fit(gens, args.l2, longest=args.horizon, upto=args.cap)
-    out["weights"] = full
-    print("weights (all the data):")
-    print(json.dumps(full, indent=1))
+    out["weights"] = fit(gens, args.l2, longest=args.horizon, upto=args.cap)
+    print("weights (the training half: these are shipped):")
+    print(json.dumps(weights, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.fixture:
+        write_fixture(args.fixture, args.data, test, args.cap, args.horizon, args.fixture_n)
     return 0
+
+
+def write_fixture(path: Path, folders: list[Path], test: list[Generation], cap: int,
+                  horizon: int, n: int) -> None:
+    """``n`` held-out generations that reached ``cap``, half of them runaways (not ended
+    by ``horizon``) and half long answers, picked by a hash of their ids: each its
+    record (log-probabilities, stopping evidence; token ids dropped) and
+    ``known_outcome``."""
+    from degen.load.store import RECORDS, iter_records, settled
+
+    def key(g: Generation) -> bytes:
+        return hashlib.blake2b(g.request_id.encode(), digest_size=8).digest()
+
+    capped = sorted((g for g in test if g.outcome.ended_by(horizon) is not None
+                     and not (g.outcome.ended and g.outcome.tokens <= cap)), key=key)
+    runs = [g for g in capped if not g.outcome.ended_by(horizon)][:n // 2]
+    longs = [g for g in capped if g.outcome.ended_by(horizon)][:n - len(runs)]
+    want = {g.request_id: g.outcome for g in runs + longs}
+    rows = []
+    for folder in folders:
+        for c in settled(iter_records(Path(folder) / RECORDS, allow_torn_tail=True)):
+            if c.request_id in want:
+                d = c.to_dict()
+                for k in ("token_ids", "study", "timings", "verdict"):
+                    d.pop(k, None)
+                d["known_outcome"] = want[c.request_id].to_dict()
+                rows.append(d)
+    rows.sort(key=lambda d: d["request_id"])
+    path.write_text("".join(json.dumps(d, separators=(",", ":")) + "\n" for d in rows))
+    print(f"{path}: {len(rows)} held-out capped generations ({len(runs)} runaways)")
 
 
 def _fmt(r: dict[str, Any]) -> str:

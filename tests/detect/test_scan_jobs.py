@@ -51,7 +51,7 @@ def test_workers_give_the_same_verdicts_in_input_order(tmp_path: Path) -> None:
         pooled = list(verdicts)
     assert pooled == alone
     assert [v["id"] for v in pooled] == [f"r{i}" for i in range(60)]
-    assert {k for v in pooled for k in v["kinds"]} >= {"loop", "runaway", "spacing"}
+    assert {k for v in pooled for k in v["kinds"]} >= {"loop", "capped", "spacing"}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "table"])

@@ -326,12 +326,26 @@ def test_a_continuation_is_sent_as_the_text_so_far() -> None:
     assert not srv.bodies  # nothing was sent
 
 
-def test_babble_with_logprobs_is_judged_with_them() -> None:
+@pytest.mark.parametrize(("kinds", "reason"), [(True, "runaway"), (("gibberish",), "degenerate")])
+def test_babble_with_logprobs_is_judged_with_them(kinds, reason: str) -> None:
+    """Tokens the model found this surprising: sure to run away before the babble is
+    confirmed (the first look, token 48), and babble when only babble is cut."""
     with ScriptedServer(["echo"], echo_text=BABBLE, logprob=-9.0) as srv:
-        c = engine(srv, stream=True, guard=True).complete(req())
-    assert c.finish_reason == "degenerate"
+        c = engine(srv, stream=True, guard=kinds).complete(req())
+    assert c.finish_reason == reason and c.is_cut
     assert c.extra["cut"]["evidence"]["measures"]["surprise"] > 5
     assert set(c.extra["logprobs"]) == {-9.0}
+
+
+def test_a_runaway_look_on_the_chunk_that_ends_the_stream_cuts_nothing() -> None:
+    """The stream ended in the chunk where the runaway was predicted (vLLM sends the
+    finish_reason with the last text): it is no runaway and nothing was cut (as in the
+    local engine, the model's own end wins)."""
+    text = "wordy " * 24  # 48 chunks of 3 characters: the last is the first look
+    with ScriptedServer(["echo"], echo_text=text, logprob=-9.0, finish_in_last=True) as srv:
+        c = engine(srv, stream=True, guard=("runaway",)).complete(req())
+    assert c.finish_reason == "stop" and "cut" not in c.extra, c.extra.get("cut")
+    assert c.completion_tokens == 48
 
 
 def test_no_logprobs_unless_asked_or_guarding() -> None:

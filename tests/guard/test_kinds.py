@@ -271,3 +271,25 @@ def test_runaways_are_watched_but_not_cut_unless_asked(make_guard) -> None:
         assert up.bodies[-1]["top_logprobs"] == 1  # no alternatives asked
     assert last["choices"][0]["finish_reason"] == "stop"
     assert g.guard.metrics.cuts.total(kind="runaway") == 0
+
+
+@pytest.mark.parametrize("finish_in_last", [False, True])
+def test_a_generation_that_ends_in_the_chunk_of_a_cut_is_not_cut(make_guard,
+                                                                  finish_in_last) -> None:
+    """Tokens this surprising are predicted to run away at the first look (token 48).
+    When that token's chunk also carries the upstream's finish_reason (vLLM's way), the
+    generation ended by itself: the client gets it whole with its own finish_reason;
+    when the finish comes in a chunk after (llama.cpp's), the guard could not know and
+    cuts."""
+    text = "wordy " * 24  # 48 chunks of 3 characters, one token each
+    with ScriptedServer(["echo"], logprob=-9.0, finish_in_last=finish_in_last) as up:
+        g = make_guard(up, cut_kinds="runaway")
+        last, evs = ask(g, text, stream=True)
+    got = text_of(evs)
+    if finish_in_last:
+        assert last["choices"][0]["finish_reason"] == "stop" and "degen" not in last
+        assert got == text and g.guard.metrics.cuts.total(kind="runaway") == 0
+    else:
+        assert last["choices"][0]["finish_reason"] == "runaway"
+        assert last["degen"]["kind"] == "runaway" and len(got) < len(text)
+        assert g.guard.metrics.cuts.total(kind="runaway") == 1

@@ -3,7 +3,8 @@
 A file is either **JSON Lines**, each line one of:
 
 - a degen record (``records.jsonl`` of ``degen run``);
-- any object with a ``text`` field (optional ``id``, ``prompt``, ``finish_reason``);
+- any object with a ``text`` field (optional ``id``, ``prompt``, ``finish_reason``,
+  ``completion_tokens``: its length in tokens, ``max_tokens``: its cap);
 - an OpenAI chat or text completion response object (``choices[0]``'s
   ``message.content`` or ``text`` and its ``finish_reason``);
 
@@ -75,7 +76,8 @@ def completion_from_obj(obj: Any, line: int) -> Completion:
             raise ValueError('"text" must be a string')
         prompt = obj.get("prompt")
         return _plain(obj.get("id"), line, obj["text"], obj.get("finish_reason"),
-                      prompt if isinstance(prompt, str) else None, None)
+                      prompt if isinstance(prompt, str) else None,
+                      obj.get("completion_tokens"), obj.get("max_tokens"))
     if VLLM_TEXTS in obj:
         raise ValueError("a vLLM benchmark result after the first line; "
                          "only a file of vLLM results may hold one")
@@ -84,17 +86,20 @@ def completion_from_obj(obj: Any, line: int) -> Completion:
 
 
 def _plain(rid: Any, line: int, text: str, finish: Any, prompt: str | None,
-           tokens: Any) -> Completion:
+           tokens: Any, cap: Any = None) -> Completion:
     fr = finish if finish in FINISH_REASONS and finish != "error" else "stop"
     extra = {"source_finish_reason": finish} if finish not in (None, fr) else {}
     ident = str(rid) if rid is not None else str(line)
-    # a capped answer's cap is the tokens it reached (what its horizon is a multiple of)
-    params = _DEFAULT.replace(max_tokens=tokens) if fr == "length" and isinstance(
-        tokens, int) and tokens > 0 else _DEFAULT
+    if not (isinstance(tokens, int) and tokens > 0):
+        tokens = None
+    # the cap (what the horizon is a multiple of): as given, else for a capped answer
+    # the tokens it reached
+    if not (isinstance(cap, int) and cap > 0):
+        cap = tokens if fr == "length" else None
+    params = _DEFAULT.replace(max_tokens=cap) if cap else _DEFAULT
     return Completion(request_id=ident, prompt_id=ident, params=params, finish_reason=fr,
                       text=text, prompt=prompt,
-                      completion_tokens=tokens if isinstance(tokens, int) else None,
-                      extra=extra)
+                      completion_tokens=tokens, extra=extra)
 
 
 # --- decoders (module level: picklable by reference) ---------------------------------

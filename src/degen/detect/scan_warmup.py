@@ -5,11 +5,17 @@ with them already in memory, shared copy-on-write, instead of loading its own.
 
 A failure here is swallowed: the workers then load the data themselves, and any real
 error surfaces from them with its message.
+
+Ctrl-C is the parent's to handle (it stops the workers): the server ignores it from
+here on, before warming up, and every worker forked from it starts ignoring it, so a
+Ctrl-C that lands while a worker is still starting (before the pool's initializer
+runs) cannot print a worker's traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 
 
 def warm_up() -> None:
@@ -22,5 +28,6 @@ def warm_up() -> None:
           default_detectors())
 
 
-with contextlib.suppress(Exception):  # see the module doc
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # see the module doc
+with contextlib.suppress(Exception):
     warm_up()

@@ -77,7 +77,7 @@ _OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "me": "llamacpp", "llama.cp
 _FINISH = {"stop": "stop", "eos": "stop", "eos_token": "stop", "stop_sequence": "stop",
            "tool_calls": "stop", "function_call": "stop", "content_filter": "stop",
            "length": "length", "max_tokens": "length", "repetition": "repetition",
-           "degenerate": "degenerate"}
+           "degenerate": "degenerate", "runaway": "runaway"}
 
 
 class _Retryable(Exception):
@@ -522,9 +522,12 @@ class OpenAIEngine(Engine):
                                 cut, cut_kind = f.to_dict(), f.kind
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
-                    if cut is not None:  # leaving the block closes the connection:
-                        finish = CUT_REASON[cut_kind]  # vLLM and llama.cpp abort the request
-                        break
+                    if cut is not None:
+                        if finish is not None:  # it ended in this very chunk: nothing
+                            cut = None  # was cut (as in the local engine, its end wins)
+                            continue
+                        finish = CUT_REASON[cut_kind]  # leaving the block closes the
+                        break  # connection: vLLM and llama.cpp abort the request
         except httpx.TransportError as e:
             raise _Retryable(f"{type(e).__name__} during the stream: {e}") from None
         if not done and finish is None:

@@ -197,7 +197,8 @@ class Exchange:
                     if body or lps:
                         found = (w.feed(body, lps, stops) is not None) or found
                     f = w.first_of(self.cut_kinds) if found and self.cut_kinds else None
-                    if f is not None:
+                    if f is not None and not ch.get("finish_reason"):  # (one that ended
+                        # in this very chunk is not cut: its end wins, as in the engines)
                         st.finding = f
                         st.cut = self._evidence(st, f)
                         cut_now.append(st.index)

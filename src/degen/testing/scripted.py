@@ -92,6 +92,8 @@ class ScriptedServer:
             ``"scripted_max_chunks"``, then ``finish_reason: length``).
         fast_chunks: chunks (words) ``fast`` sends.
         echo_text: what ``echo`` streams when the request has no ``echo`` field.
+        finish_in_last: ``echo`` sends its ``finish_reason`` with the last piece of text
+            (as vLLM does) rather than in a chunk of its own (as llama.cpp does).
         logprobs: stream log-probabilities to requests that ask (False: ignore them).
         logprob: the log-probability given to every streamed token.
         stop_logprob: the end token's among each token's alternatives (None: not
@@ -107,8 +109,10 @@ class ScriptedServer:
                  loop_unit: str = "The cat sat on the mat.", max_chunks: int = 5000,
                  fast_chunks: int = 32, echo_text: str = OK_TEXT, logprobs: bool = True,
                  logprob: float = -0.3, texts: list[str] | None = None,
-                 model: str = "scripted-model", stop_logprob: float | None = None) -> None:
+                 model: str = "scripted-model", stop_logprob: float | None = None,
+                 finish_in_last: bool = False) -> None:
         self.script = list(script)
+        self.finish_in_last = finish_in_last
         self.model = model
         self.owned_by = owned_by
         self.hang_s = hang_s
@@ -350,9 +354,12 @@ class ScriptedServer:
                 text = str(self.body.get("echo", server.echo_text))
                 self._start_sse()
                 try:
+                    last = server.finish_in_last
                     for i in range(0, len(text), 3):
-                        self._send_event(self._piece(text[i:i + 3]))
-                    self._send_event(self._piece("", "stop"))
+                        end = last and i + 3 >= len(text)
+                        self._send_event(self._piece(text[i:i + 3], "stop" if end else None))
+                    if not last or not text:
+                        self._send_event(self._piece("", "stop"))
                     self._send_event({"id": "scripted-1", "object": "chat.completion.chunk",
                                       "created": 1, "model": "scripted", "choices": [],
                                       "usage": {"prompt_tokens": 5,
