@@ -34,7 +34,7 @@ def test_readme_python_snippet_runs(tmp_path: Path) -> None:
 
 def test_readme_main_job_runs_to_a_report(tmp_path: Path) -> None:
     """The README's first command, scaled down by flags appended to it (the same
-    command, defaults and all, takes about 13 minutes: see the README)."""
+    command, defaults and all, takes about 30 minutes: see the README)."""
     readme = (ROOT / "README.md").read_text()
     block = readme.split("```bash")[1].split("```")[0]
     first = next(ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#"))
