@@ -126,7 +126,10 @@ def test_cancel_ends_a_generation_at_once_and_frees_the_engine(cancellable: Engi
     t0 = time.monotonic()
     cancel.set()
     t.join(10)
-    assert got and time.monotonic() - t0 < 1.0
+    # at once: the local engine drops the row at its next step, the openai engine
+    # closes the connection (engines/abort.py); 3 s holds on a loaded machine (the
+    # deterministic bounds against stalled servers are in test_cancel_stalled.py)
+    assert got and time.monotonic() - t0 < 3.0
     c = got[0]
     assert c.finish_reason == "cancelled" and c.is_cancelled and not is_failure(c)
     assert c.text and 0 < (c.completion_tokens or 0) < 2000  # what it had generated

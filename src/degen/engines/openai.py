@@ -258,10 +258,16 @@ class OpenAIEngine(Engine):
         self.horizon, self.runaway_weights = horizon, runaway_weights
         self.max_retries, self.backoff = max_retries, backoff
         self.preferred_concurrency = concurrency
+        from degen.engines.abort import Aborter, abortable_transport
+
+        # a cancelled request's connection is closed from this side (abort.py): a
+        # stalled server never holds a cancelled request
+        self._aborter = Aborter()
         self._client = httpx.Client(
             base_url=self.base_url, headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            transport=abortable_transport(
+                httpx.Limits(max_connections=None, max_keepalive_connections=64)),
         )
         self._dropped: dict[str, str] = {}
         self._dropped_lock = threading.Lock()
@@ -347,8 +353,9 @@ class OpenAIEngine(Engine):
                 return self.cancelled(request, started, attempts=attempts)
             attempts += 1
             try:
-                got = self._stream(path, body, cancel, watch=not request.continued) \
-                    if self.stream else self._once(path, body)
+                with self._aborter.making(cancel):
+                    got = self._stream(path, body, cancel, watch=not request.continued) \
+                        if self.stream else self._once(path, body)
                 if got.get("cancelled"):
                     return self.cancelled(request, started, got.get("text") or "",
                                           got.get("chunks"), attempts=attempts)
@@ -356,6 +363,8 @@ class OpenAIEngine(Engine):
             except _Fatal as e:
                 return self._error(request, str(e), started, attempts)
             except _Retryable as e:
+                if cancel is not None and cancel.is_set():  # the cancel closed it
+                    return self.cancelled(request, started, attempts=attempts)
                 error = str(e)
                 if attempts > self.max_retries:
                     return self._error(request, f"{error} (after {attempts} attempts)",
@@ -529,8 +538,12 @@ class OpenAIEngine(Engine):
                         finish = CUT_REASON[cut_kind]  # leaving the block closes the
                         break  # connection: vLLM and llama.cpp abort the request
         except httpx.TransportError as e:
+            if cancel is not None and cancel.is_set():  # we closed it (abort.py)
+                return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
             raise _Retryable(f"{type(e).__name__} during the stream: {e}") from None
         if not done and finish is None:
+            if cancel is not None and cancel.is_set():  # we closed it (abort.py)
+                return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
             raise _Retryable("the stream ended before a finish_reason or [DONE]")
         return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
                 "first_token_at": first, "chunks": chunks, "cut": cut, "logprobs": lps,

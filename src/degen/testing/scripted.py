@@ -11,7 +11,9 @@ vLLM's shapes (chat ``logprobs.content``, completions ``logprobs.token_logprobs`
 ``logprob``, or the request's ``"scripted_logprob"``; ``logprobs=False`` plays a
 server that ignores the request. ``open_connections`` counts the connections
 open right now; an endless stream notes in ``closed_at`` (``time.monotonic()``) when
-its client hung up.
+its client hung up, and so do the stalls (``stall``: no answer at all,
+``stall_stream``: two chunks then nothing, ``stall_half``: a chunk and half an event
+then nothing; each waits at most ``hang_s`` for the client to leave).
 """
 
 from __future__ import annotations
@@ -233,6 +235,37 @@ class ScriptedServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 self.close_connection = True
+
+            def _stall(self) -> None:
+                """Send nothing more until the client hangs up (at most ``hang_s``); note
+                in ``closed_at`` when it did."""
+                deadline = time.monotonic() + server.hang_s
+                while time.monotonic() < deadline:
+                    if self._client_left(0.01):
+                        with server._lock:
+                            server.closed_at.append(time.monotonic())
+                        return
+
+            def do_stall(self, stream: bool) -> None:
+                """The request read, then nothing: not even headers (a long prefill, a
+                server that never answers)."""
+                self._stall()
+                self.close_connection = True
+
+            def do_stall_stream(self, stream: bool) -> None:
+                """Headers and two chunks, then a stalled stream."""
+                self._start_sse()
+                for w in ("Hello", " there"):
+                    self._send_event(self._piece(w))
+                self._stall()
+
+            def do_stall_half(self, stream: bool) -> None:
+                """Headers, one chunk and half of the next event, then nothing."""
+                self._start_sse()
+                self._send_event(self._piece("Hello"))
+                self.wfile.write(b'data: {"choices":[{"index":0,"del')
+                self.wfile.flush()
+                self._stall()
 
             def do_reset(self, stream: bool) -> None:
                 # headers and one event, then the connection drops without [DONE]
