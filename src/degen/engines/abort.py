@@ -7,9 +7,10 @@ its slot. Here the cancelling side closes the connection instead: the socket is 
 down, the blocked read (or write) fails at once, and the server sees the client gone
 (vLLM and llama.cpp then abort the generation).
 
-- :class:`TrackingBackend` is an httpcore network backend whose streams note, on every
+- :func:`tracking_backend` is an httpcore network backend whose streams note, on every
   read and write, the socket in use in the :class:`Slot` of the request the calling
-  thread is making (:func:`making`), pooled keep-alive connections included.
+  thread is making (:meth:`Aborter.making`), pooled keep-alive connections included;
+  :func:`abortable_transport` puts it under an httpx client.
 - :class:`Aborter` is one daemon thread that watches the cancel events of the
   requests in flight (every :data:`POLL_S` seconds, only while there are any) and
   shuts down the socket of a cancelled one.
@@ -39,7 +40,6 @@ class Slot:
 
     def __init__(self, cancel: threading.Event) -> None:
         self.cancel = cancel
-        self.aborted = False
         self._sock: socket.socket | None = None
         self._done = False
         self._lock = threading.Lock()
@@ -68,7 +68,6 @@ class Slot:
             self._sock = None
 
     def _kill(self) -> None:
-        self.aborted = True
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
