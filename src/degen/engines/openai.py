@@ -538,13 +538,14 @@ class OpenAIEngine(Engine):
                         finish = CUT_REASON[cut_kind]  # leaving the block closes the
                         break  # connection: vLLM and llama.cpp abort the request
         except httpx.TransportError as e:
+            broken = f"{type(e).__name__} during the stream: {e}"
+        else:
+            broken = "" if done or finish is not None else \
+                "the stream ended before a finish_reason or [DONE]"
+        if broken:
             if cancel is not None and cancel.is_set():  # we closed it (abort.py)
                 return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
-            raise _Retryable(f"{type(e).__name__} during the stream: {e}") from None
-        if not done and finish is None:
-            if cancel is not None and cancel.is_set():  # we closed it (abort.py)
-                return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
-            raise _Retryable("the stream ended before a finish_reason or [DONE]")
+            raise _Retryable(broken)
         return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
                 "first_token_at": first, "chunks": chunks, "cut": cut, "logprobs": lps,
                 "logprob_chars": lp_chars if lps else None, "stops": stops}
