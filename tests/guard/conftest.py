@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 
 from degen.guard import GuardConfig, create_app
+from degen.guard.protocol import uvicorn_options
 from degen.testing.scripted import ScriptedServer
 
 DEGEN = str(Path(sys.executable).parent / "degen")
@@ -40,7 +41,7 @@ class GuardServer:
         self.url = self.base + "/v1"
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1,
-            backlog=512))
+            backlog=512, **uvicorn_options(config)))
         self.thread = threading.Thread(target=self.server.run,
                                        kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

@@ -178,3 +178,42 @@ def test_shutdown_lets_open_streams_finish_then_cuts_what_is_left() -> None:
     assert summary[-1]["cut"] == 1
     finishes = [x["request"]["finish"] for x in logs if "request" in x]
     assert sorted(finishes) == ["length", "shutdown"]
+
+
+def test_shutdown_ends_requests_whose_upstream_stalled_within_its_timeout() -> None:
+    """An upstream that stops sending (a stalled stream; no answer at all) does not
+    hold the guard's shutdown: at the timeout each request is cut, its client told, and
+    its upstream connection closed."""
+    with ScriptedServer(["stall"], hang_s=60) as up:
+        g = GuardProcess("--upstream", up.base_url, "--shutdown-timeout", "1")
+        got: dict[str, httpx.Response | list[str]] = {}
+
+        def stream() -> None:
+            with httpx.stream("POST", g.url + "/chat/completions", timeout=60, json={
+                    **BODY, "stream": True, "scripted": "stall_stream"}) as r:
+                got["stream"] = [line for line in r.iter_lines() if line.startswith("data: ")]
+
+        def whole() -> None:
+            got["whole"] = httpx.post(g.url + "/chat/completions", timeout=60,
+                                      json={**BODY, "scripted": "stall"})
+
+        clients = [threading.Thread(target=f) for f in (stream, whole)]
+        for c in clients:
+            c.start()
+        deadline = time.monotonic() + 10
+        while len(up.bodies) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        g.proc.send_signal(signal.SIGTERM)
+        code = g.proc.wait(30)
+        took = time.monotonic() - t0
+        for c in clients:
+            c.join(10)
+        output = g.stop()[1]
+        assert len(up.closed_at) == 2 and up.open_connections == 0
+    assert code == 0, output
+    assert took < 6, took  # the 1 s timeout, and the cut; the upstream would wait 60 s
+    assert json.loads(got["stream"][-1][6:])["error"]["code"] == "shutdown"
+    assert got["whole"].status_code == 503
+    assert got["whole"].json()["error"]["code"] == "shutdown"

@@ -63,6 +63,19 @@ def guard(
     max_body: Annotated[str | None, typer.Option(
         help="Largest request body accepted (413 above): bytes or 512KiB, 1MiB, ... "
         "[default: 1MiB]", show_default=False, rich_help_panel=SERVER)] = None,
+    max_n: Annotated[int | None, typer.Option(
+        help="Most choices a request may ask for (n, best_of); more is refused with 400. "
+        "(default: 16)", show_default=False, rich_help_panel=SERVER)] = None,
+    max_header_size: Annotated[str | None, typer.Option(
+        help="Largest request line and headers accepted (431 above): bytes or 32KiB, ... "
+        "[default: 64KiB]", show_default=False, rich_help_panel=SERVER)] = None,
+    max_headers: Annotated[int | None, typer.Option(
+        help="Most header fields a request may have (431 above). (default: 100)",
+        show_default=False, rich_help_panel=SERVER)] = None,
+    client_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a client may take to send a request's headers, and again its body "
+        "(408 past either: slow clients do not hold connections). (default: 10)",
+        show_default=False, rich_help_panel=SERVER)] = None,
     max_tokens_cap: Annotated[int | None, typer.Option(
         help="Most tokens a request may generate; a request that asks for more, or names "
         "no limit, gets this (max_tokens and max_completion_tokens). (default: 8192)",
@@ -147,7 +160,9 @@ def guard(
     cfg = settings.build(file, {
         "upstreams": upstream, "host": host, "port": port, "workers": workers,
         "api_key": api_key, "upstream_key": upstream_key, "timeout": timeout,
-        "max_body": max_body, "max_tokens_cap": max_tokens_cap, "default": default,
+        "max_body": max_body, "max_n": max_n,
+        "max_header_size": max_header_size, "max_headers": max_headers,
+        "client_timeout": client_timeout, "max_tokens_cap": max_tokens_cap, "default": default,
         "override": override, "params_from": params_from, "dialect": dialect, "cut": cut,
         "no_cut": no_cut, "cut_reason": cut_reason, "logprobs": logprobs,
         "horizon": horizon, "runaway_weights": runaway_weights, "stop_tokens": stop_token,

@@ -135,13 +135,19 @@ class Guard:
             route.model_entries = [d for d in data if isinstance(d, dict)]
             route.models = [str(d.get("id")) for d in route.model_entries if d.get("id")]
             route.up, route.error = True, None
+            self.metrics.upstream_up.set(1.0, upstream=route.label)
         except (httpx.HTTPError, ValueError, AttributeError) as e:
-            if route.up is not False:
-                log.warning("upstream %s at %s is down (%s)", route.label, route.url,
-                            str(e) or type(e).__name__)
-            route.up, route.error = False, str(e)[:200] or type(e).__name__
+            self.mark_down(route, e)
         route.checked_at = time.monotonic()
-        self.metrics.upstream_up.set(1.0 if route.up else 0.0, upstream=route.label)
+
+    def mark_down(self, route: Route, e: BaseException) -> None:
+        """``route`` is down (a health check failed, or a request found nothing
+        listening): ``/ready`` says so until a health check finds it up again."""
+        if route.up is not False:
+            log.warning("upstream %s at %s is down (%s)", route.label, route.url,
+                        str(e) or type(e).__name__)
+        route.up, route.error = False, str(e)[:200] or type(e).__name__
+        self.metrics.upstream_up.set(0.0, upstream=route.label)
 
     async def watch_upstreams(self) -> None:
         """Check every upstream now and every ``health_interval`` seconds."""
@@ -152,9 +158,11 @@ class Guard:
     def refused_logprobs(self, model: str, status: int, raw: bytes) -> None:
         if model not in self.no_logprobs:
             self.no_logprobs.add(model)
-            msg = upstream_error(status, raw)["error"]["message"]
-            log.warning("the upstream refused logprobs for model %s (HTTP %d: %s); "
-                        "watching its text only", model, status, str(msg)[:200])
+            # the upstream's message may quote the prompt: logged only with log_content
+            msg = (": " + str(upstream_error(status, raw)["error"]["message"])[:200]
+                   if self.config.log_content else "")
+            log.warning("the upstream refused logprobs for model %s (HTTP %d%s); "
+                        "watching its text only", model, status, msg)
 
     upstream_error = staticmethod(upstream_error)
 
@@ -180,6 +188,16 @@ class Guard:
                           "'Authorization: Bearer <key>'", "invalid_api_key")
 
     async def _read_body(self, request: Request) -> bytes:
+        """The body, within ``max_body`` bytes (413) and ``client_timeout`` seconds (408)."""
+        try:
+            async with asyncio.timeout(self.config.client_timeout):
+                return await self._read_body_bytes(request)
+        except TimeoutError:
+            raise _Reject(408, f"the request body did not arrive within "
+                          f"{self.config.client_timeout:g} s (the guard's --client-timeout)",
+                          "request_timeout") from None
+
+    async def _read_body_bytes(self, request: Request) -> bytes:
         limit = self.config.max_body
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -230,6 +248,14 @@ class Guard:
             out[k] = copy.deepcopy(v)
         cap = cfg.max_tokens_cap
         sent = [k for k in ("max_tokens", "max_completion_tokens") if out.get(k) is not None]
+        for k in ("n", "best_of"):
+            v = out.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise _Reject(400, f"{k} must be a whole number >= 1, got {v!r}",
+                              "invalid_value")
+            if v is not None and v > cfg.max_n:
+                raise _Reject(400, f"{k} must be at most {cfg.max_n} (the guard's --max-n), "
+                              f"got {v}", "invalid_value")
         for k in sent:
             v = out[k]
             if isinstance(v, float) and v.is_integer():
@@ -323,12 +349,7 @@ class Guard:
                               "instance or again in a moment", "shutting_down")
             self._check_key(request)
             raw = await self._read_body(request)
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise _Reject(400, "the request body is not valid JSON", "invalid_json") from None
-            if not isinstance(body, dict):
-                raise _Reject(400, "the request body must be a JSON object", "invalid_json")
+            body = parse_body(raw)
             route = self.route_for(body.get("model"))
             up_body, limit = self.prepare(route, endpoint, body)
         except _Reject as r:
@@ -435,6 +456,28 @@ class Guard:
                  extra={"shutdown": {"open": self._drain_open, "cut": cut,
                                      "seconds": round(time.monotonic()
                                                       - self._drain_started, 3)}})
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body: a JSON object in UTF-8, else a 400 that says which it is not (the
+    message never quotes the body: it may hold a prompt)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Reject(400, f"the request body is not UTF-8 (byte {e.start}); send JSON "
+                      "encoded as UTF-8", "invalid_json") from None
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        where = f" (line {e.lineno}, column {e.colno})" if hasattr(e, "lineno") else ""
+        raise _Reject(400, f"the request body is not valid JSON{where}",
+                      "invalid_json") from None
+    if not isinstance(body, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"
+                }.get(type(body), "a number")
+        raise _Reject(400, f"the request body must be a JSON object, got {kind}",
+                      "invalid_json")
+    return body
 
 
 def create_app(config: GuardConfig, *, transport: httpx.AsyncBaseTransport | None = None

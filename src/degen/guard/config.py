@@ -67,18 +67,18 @@ def parse_kinds(spec: str | None, flag: str = "--cut") -> frozenset[str]:
                             f"{', '.join(KINDS)}, comma-separated") from None
 
 
-def parse_size(text: str | int) -> int:
-    """``1048576``, ``1MiB``, ``512KiB``, ``2MB`` -> bytes."""
+def parse_size(text: str | int, flag: str = "--max-body") -> int:
+    """``1048576``, ``1MiB``, ``512KiB``, ``2MB`` -> bytes (``flag`` names it in errors)."""
     if isinstance(text, int) and not isinstance(text, bool):
         n = text
     else:
         m = _SIZE.fullmatch(str(text))
         if not m:
-            raise InvalidParams(f"--max-body must be a size such as 1MiB, 512KiB or 1048576, "
+            raise InvalidParams(f"{flag} must be a size such as 1MiB, 512KiB or 1048576, "
                                 f"got {text!r}")
         n = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
     if n < 1:
-        raise InvalidParams(f"--max-body must be at least 1 byte, got {text!r}")
+        raise InvalidParams(f"{flag} must be at least 1 byte, got {text!r}")
     return n
 
 
@@ -176,6 +176,12 @@ class GuardConfig:
         overrides: request fields always set.
         system: a system prompt put before chat conversations that have none.
         max_body: largest request body accepted, in bytes (413 above).
+        max_n: the most choices (``n``, and ``best_of``) a request may ask for (400
+            above): each one is a generation the upstream runs.
+        max_header_size, max_headers: the request line and headers may take this many
+            bytes and header fields (431 above).
+        client_timeout: seconds a client may take to send a request's headers, and
+            again its body (408 past either; slowloris).
         timeout: seconds without data from the upstream before a request fails (504).
         connect_timeout: seconds to connect to the upstream (502 past it).
         cut_kinds: the kinds that end a generation (:data:`KINDS`: loop, gibberish,
@@ -220,6 +226,10 @@ class GuardConfig:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     system: str | None = None
     max_body: int = 1 << 20
+    max_n: int = 16
+    max_header_size: int = 64 << 10
+    max_headers: int = 100
+    client_timeout: float = 10.0
     timeout: float = 600.0
     connect_timeout: float = 10.0
     cut_kinds: frozenset[str] = frozenset(TEXT_KINDS)
@@ -302,7 +312,12 @@ class GuardConfig:
             raise InvalidParams(f"--max-tokens-cap must be >= 1, got {self.max_tokens_cap}")
         if self.max_body < 1:
             raise InvalidParams(f"--max-body must be >= 1 byte, got {self.max_body}")
-        for name, v in (("--timeout", self.timeout), ("connect_timeout", self.connect_timeout)):
+        for name, v, low in (("--max-n", self.max_n, 1), ("--max-headers", self.max_headers, 8),
+                             ("--max-header-size", self.max_header_size, 1024)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InvalidParams(f"{name} must be a whole number >= {low}, got {v!r}")
+        for name, v in (("--timeout", self.timeout), ("connect_timeout", self.connect_timeout),
+                        ("--client-timeout", self.client_timeout)):
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise InvalidParams(f"{name} must be > 0 seconds, got {v}")
         if self.max_connections < 1:

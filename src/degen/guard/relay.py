@@ -28,7 +28,12 @@ from starlette.types import Receive, Scope, Send
 from degen.guard.exchange import Exchange
 from degen.guard.holdback import Event, Held
 from degen.guard.sse import SSEBytes
-from degen.guard.upstream import UpstreamBroken, UpstreamResponse, UpstreamTimeout
+from degen.guard.upstream import (
+    UpstreamBroken,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from degen.records import CUT_REASONS as STOPPED_EARLY
 
 if TYPE_CHECKING:
@@ -172,6 +177,8 @@ class Relay(Response):
             except UpstreamTimeout as e:
                 return await self._fail(send, 504, e)
             except UpstreamBroken as e:
+                if isinstance(e, UpstreamUnreachable):
+                    self.guard.mark_down(self.route, e)
                 return await self._fail(send, 502, e)
             if resp.status >= 400:
                 raw = await resp.read_all(ERROR_BODY_LIMIT)

@@ -25,7 +25,8 @@ from degen.errors import InvalidParams, UsageError
 SCALARS: dict[str, type | tuple[type, ...]] = {
     "upstream": str, "host": str, "port": int, "workers": int, "api_key": str,
     "upstream_key": str, "timeout": (int, float), "connect_timeout": (int, float),
-    "max_body": (str, int), "max_tokens_cap": int, "max_connections": int,
+    "max_body": (str, int), "max_n": int, "max_header_size": (str, int), "max_headers": int,
+    "client_timeout": (int, float), "max_tokens_cap": int, "max_connections": int,
     "params_from": str, "dialect": str, "cut": (str, list), "no_cut": (str, list),
     "cut_reason": str, "logprobs": bool, "holdback": int, "on_degenerate": str,
     "retry_params_from": str, "shutdown_timeout": (int, float),
@@ -156,9 +157,10 @@ def build(file: Mapping[str, Any], flags: Mapping[str, Any], resolve: bool = Tru
         "host", "port", "workers", "api_key", "upstream_key", "timeout", "connect_timeout",
         "max_tokens_cap", "max_connections", "cut_reason", "logprobs", "holdback",
         "on_degenerate", "shutdown_timeout", "health_interval", "log_format", "log_level",
-        "log_content", "horizon") if k in s}
-    if "max_body" in s:
-        kw["max_body"] = parse_size(s["max_body"])
+        "log_content", "horizon", "max_n", "max_headers", "client_timeout") if k in s}
+    for k in ("max_body", "max_header_size"):
+        if k in s:
+            kw[k] = parse_size(s[k], "--" + k.replace("_", "-"))
     if "stop_tokens" in s:
         kw["stop_tokens"] = tuple(s["stop_tokens"])
     if s.get("runaway_weights"):

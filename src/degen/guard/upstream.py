@@ -39,6 +39,10 @@ class UpstreamBroken(UpstreamError):
     pass
 
 
+class UpstreamUnreachable(UpstreamBroken):
+    """Nothing accepted the connection: the upstream is down."""
+
+
 class _Conn(asyncio.Protocol):
     """One connection; one response at a time."""
 
@@ -255,7 +259,7 @@ class StreamPool:
             raise UpstreamTimeout(f"no connection to {self.host}:{self.port} within "
                                   f"{self.connect_timeout:g} s") from None
         except OSError as e:
-            raise UpstreamBroken(f"cannot connect to {self.host}:{self.port} "
+            raise UpstreamUnreachable(f"cannot connect to {self.host}:{self.port} "
                                  f"({e.strerror or type(e).__name__})") from None
         self._all.add(conn)
         return conn

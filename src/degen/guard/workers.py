@@ -138,10 +138,12 @@ def worker_app() -> Starlette:
 def _uvicorn_config(app: Any, config: GuardConfig, **kw: Any) -> Any:
     import uvicorn
 
+    from degen.guard.protocol import uvicorn_options
+
     return uvicorn.Config(app, host=config.host, port=config.port,
                           log_level=config.log_level, access_log=False,
                           timeout_graceful_shutdown=int(config.shutdown_timeout + 0.999),
-                          log_config=None, backlog=4096, **kw)
+                          log_config=None, backlog=4096, **uvicorn_options(config), **kw)
 
 
 def settle_memory() -> None:

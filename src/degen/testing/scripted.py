@@ -1,6 +1,7 @@
 """A scripted OpenAI-compatible server for faults a real server will not produce on
-demand: 500s, 429 with Retry-After, resets mid-stream, hangs, malformed SSE, and, for
-the guard, streams that loop forever, drip forever or go as fast as they can.
+demand: 500s, 429 with Retry-After, a 400 that quotes the prompt (``e400_echo``),
+resets mid-stream, hangs, malformed SSE, and, for the guard, streams that loop
+forever, drip forever or go as fast as they can.
 
 Each POST takes the next behaviour from ``script`` (the last one repeats), or the one
 its body names in a ``"scripted"`` field (mixed load). Every
@@ -112,7 +113,7 @@ class ScriptedServer:
                  fast_chunks: int = 32, echo_text: str = OK_TEXT, logprobs: bool = True,
                  logprob: float = -0.3, texts: list[str] | None = None,
                  model: str = "scripted-model", stop_logprob: float | None = None,
-                 finish_in_last: bool = False) -> None:
+                 finish_in_last: bool = False, port: int = 0) -> None:
         self.script = list(script)
         self.finish_in_last = finish_in_last
         self.model = model
@@ -212,6 +213,12 @@ class ScriptedServer:
 
             def do_e400(self, stream: bool) -> None:
                 self._json(400, {"error": {"message": "bad request: prompt too long"}})
+
+            def do_e400_echo(self, stream: bool) -> None:
+                """400 whose message quotes the prompt (as some servers' errors do)."""
+                msgs = self.body.get("messages") or [{}]
+                quoted = str(msgs[-1].get("content", self.body.get("prompt", "")))[:200]
+                self._json(400, {"error": {"message": f"cannot handle the input {quoted!r}"}})
 
             def do_no_logprobs(self, stream: bool) -> None:
                 """400 to a request that asks for log-probabilities (as OpenAI's reasoning
@@ -409,7 +416,7 @@ class ScriptedServer:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
