@@ -83,6 +83,7 @@ class GuardProtocol(HttpToolsProtocol):
             return
         log.info("closed a connection that sent no whole request head in %g s",
                  self.client_timeout)
+        self._count_refusal(408)
         self.transport.write(response_bytes(
             408, f"the request's headers did not arrive within {self.client_timeout:g} s "
             "(the guard's --client-timeout)", "request_timeout"))
@@ -129,6 +130,16 @@ class GuardProtocol(HttpToolsProtocol):
             return super().send_400_response(msg)
         self.transport.write(self._refusal)
         self.transport.close()
+        self._count_refusal(431)
+
+    def _count_refusal(self, status: int) -> None:
+        """Count it where the app counts the requests it refuses (the guard's metrics;
+        the app may sit inside uvicorn's middleware)."""
+        app = self.app
+        while app is not None and not hasattr(app, "guard"):
+            app = getattr(app, "app", None)
+        if app is not None:
+            app.guard.metrics.rejected.inc(status=str(status))
 
 
 def protocol_class(config: GuardConfig) -> type[GuardProtocol]:
