@@ -42,6 +42,10 @@ def test_keys_are_not_in_the_repr() -> None:
     ({"max_tokens_cap": 0}, "--max-tokens-cap must be >= 1"),
     ({"max_body": 0}, "--max-body must be >= 1"),
     ({"timeout": 0}, "--timeout must be > 0"),
+    ({"max_n": 0}, "--max-n must be a whole number >= 1"),
+    ({"max_headers": 3}, "--max-headers must be a whole number >= 8"),
+    ({"max_header_size": 100}, "--max-header-size must be a whole number >= 1024"),
+    ({"client_timeout": 0}, "--client-timeout must be > 0"),
     ({"timeout": float("inf")}, "--timeout must be > 0"),
     ({"api_key": " "}, "--api-key must be a non-empty"),
     ({"upstream_key": "a\nb"}, "--upstream-key must be a non-empty single-line"),
@@ -167,3 +171,15 @@ def test_resolve_dialect() -> None:
         assert resolve_dialect(srv.base_url.removesuffix("/v1")) == "llamacpp"
     with pytest.raises(UsageError, match="pass --dialect"):
         resolve_dialect(f"http://127.0.0.1:{free_port()}", timeout=1)
+
+
+def test_the_request_limits_come_from_a_file_and_flags_win() -> None:
+    from degen.guard.settings import build
+
+    file = {"upstream": "http://127.0.0.1:8000", "max_n": 4, "max_header_size": "8KiB",
+            "max_headers": 50, "client_timeout": 2.5}
+    cfg = build(file, {"max_headers": 60})
+    assert (cfg.max_n, cfg.max_header_size, cfg.max_headers, cfg.client_timeout) == (
+        4, 8192, 60, 2.5)
+    with pytest.raises(InvalidParams, match="--max-header-size must be a size such as"):
+        build(file, {"max_header_size": "big"})
