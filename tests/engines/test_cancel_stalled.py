@@ -88,10 +88,11 @@ def test_a_request_that_finishes_leaves_nothing_to_cancel() -> None:
             eng.close()
 
 
-@pytest.mark.parametrize("stream", [True, False])
-def test_ctrl_c_in_run_never_waits_on_a_stalled_server(tmp_path, stream: bool) -> None:
-    """``degen run`` against a server that never answers: Ctrl-C ends it at once (exit
-    130) and every connection is closed from this side."""
+@pytest.mark.parametrize(("command", "stream"), [  # streamed or not: the engine's tests
+    ("run", False), ("tune", True), ("compare", True)])
+def test_ctrl_c_never_waits_on_a_stalled_server(tmp_path, command: str, stream: bool) -> None:
+    """``degen run`` / ``tune`` / ``compare`` against a server that never answers:
+    Ctrl-C ends it at once (exit 130) and every connection is closed from this side."""
     import signal
     import subprocess
     import sys
@@ -99,8 +100,13 @@ def test_ctrl_c_in_run_never_waits_on_a_stalled_server(tmp_path, stream: bool) -
 
     degen = str(Path(sys.executable).with_name("degen"))
     with ScriptedServer(["stall"], hang_s=60) as srv:
-        p = subprocess.Popen([degen, "run", "--engine", "openai", "--base-url", srv.base_url,
-                              "--stream" if stream else "--no-stream", "--requests", "4",
+        engine = ["--engine", "openai", "--base-url", srv.base_url,
+                  "--stream" if stream else "--no-stream"]
+        if command == "compare":
+            engine = ["--arm", f"a:engine=openai,base_url={srv.base_url},stream=true",
+                      "--arm", f"b:engine=openai,base_url={srv.base_url},temperature=0.5"]
+        extra = {"run": [], "tune": ["--trials", "2"], "compare": []}[command]
+        p = subprocess.Popen([degen, command, *engine, *extra, "--requests", "4",
                               "--concurrency", "4", "--max-tokens", "64", "--out",
                               str(tmp_path / "o"), "-q"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
