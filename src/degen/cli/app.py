@@ -1,11 +1,11 @@
 """The ``degen`` entry point: the Typer app and the error boundary.
 
 Library errors become user-facing here and only here: a :class:`~degen.errors.UsageError`
-prints one line and exits 2, any other :class:`~degen.errors.DegenError` exits 1,
-Ctrl-C exits 130. What Click itself refuses (an unknown flag, a value that is not a
-number, a missing argument) is one line too, with the help to read, and exits 2.
-Commands import their heavy dependencies inside their bodies so ``degen --help``
-stays fast.
+prints one line (whatever the message quotes) and exits 2, any other
+:class:`~degen.errors.DegenError` exits 1, Ctrl-C exits 130. What Click itself refuses
+(an unknown flag, a value that is not a number, a missing argument) is one line too,
+with the help to read, and exits 2. Commands import their heavy dependencies inside
+their bodies so ``degen --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -66,10 +66,15 @@ def _root(
         raise typer.Exit()
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a message that quotes a library's may hold several."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def click_error(e: Exception) -> str:
     """Click's message for ``e`` on one line, with where to read the command's help
     (Click's own print is a usage line and a box)."""
-    msg = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    msg = one_line(e.format_message())  # type: ignore[attr-defined]
     ctx = getattr(e, "ctx", None)
     return f"{msg.rstrip('.')}; see {ctx.command_path} --help" if ctx else msg
 
@@ -86,10 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted" if interrupted else "aborted", err=True)
         sys.exit(130 if interrupted else 1)
     except UsageError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(2)
     except DegenError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
