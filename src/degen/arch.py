@@ -22,6 +22,8 @@ from typing import Any
 
 from degen.errors import ModelNotFound, UsageError
 
+# what to do, at the end of every message about a model that cannot be read
+_PASS = "; pass a config.json, a model folder, a GGUF file or a preset"
 # model_type -> RMSNorms in each layer (llama-style decoders have 2)
 _NORMS_PER_LAYER = {"gemma2": 4, "gemma3": 4, "gemma3_text": 4, "olmo2": 2}
 # model_types whose attention normalizes queries and keys per head
@@ -80,7 +82,8 @@ class Arch:
             if len(ggufs) == 1:
                 return cls.from_gguf(ggufs[0])
             raise ModelNotFound(f"{p} has no config.json"
-                                + (" and several .gguf files: name one" if ggufs else ""))
+                                + (" and several .gguf files: name one" if ggufs else
+                                   _PASS))
         if p.is_file():
             with p.open("rb") as fh:
                 magic = fh.read(4)
@@ -109,9 +112,10 @@ class Arch:
         try:
             cfg = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ModelNotFound(f"{path} is not a readable config.json ({e})") from None
+            raise ModelNotFound(f"{path} is not a readable config.json ({e}){_PASS}"
+                                ) from None
         if not isinstance(cfg, dict):
-            raise ModelNotFound(f"{path} is not a config.json: expected a JSON object")
+            raise ModelNotFound(f"{path} is not a config.json: expected a JSON object{_PASS}")
         name = cfg.get("_name_or_path") or path.parent.name
         return cls.from_config(cfg, name=str(name), source=str(path))
 
@@ -284,7 +288,7 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         r = gguf.GGUFReader(str(path))
     except Exception as e:  # the reader raises many kinds
-        raise ModelNotFound(f"{path} is not a readable GGUF file ({e})") from None
+        raise ModelNotFound(f"{path} is not a readable GGUF file ({e}){_PASS}") from None
     meta: dict[str, Any] = {}
     for key, f in r.fields.items():
         try:

@@ -156,10 +156,12 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         from degen.load.extend import check_horizon, check_share, default_horizon
+        from degen.load.store import check_out_dir
 
         self.horizon = check_horizon(self.horizon, self.max_tokens) \
             if self.horizon is not None else default_horizon(self.max_tokens)
         self.extend_share = check_share(self.extend_share)
+        self.out = check_out_dir(Path(self.out))
 
 
 _LOCAL_OPTIONS = ("model", "batch_size", "device", "dtype", "logprobs")

@@ -129,10 +129,12 @@ def load_pipeline(model: str | Path | None) -> _Pipeline:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    folder = hf.materialize(hf.resolve_model(model))
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    m = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                             attn_implementation="eager")
+    src = hf.resolve_model(model)
+    with hf.loading(src.path):
+        folder = hf.materialize(src)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        m = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                 attn_implementation="eager")
     m.eval()
     return _Pipeline(folder=folder, model=m, tok=tok,
                      config=_read_json(folder / "config.json"),

@@ -169,6 +169,8 @@ def estimate(a: Arch, dtype: str = "bf16", kv_dtype: str | None = None,
         raise InvalidParams(f"utilization must be in (0, 1], got {utilization}")
     if decode_tok_s <= 0:
         raise InvalidParams(f"decode tokens/s must be > 0, got {decode_tok_s}")
+    if context is not None and context < 1:
+        raise InvalidParams(f"--context must be >= 1 token, got {context}")
     ctx = context if context is not None else a.max_context
     if ctx is None or ctx < 1:
         raise InvalidParams("the model does not say its context length; pass --context N")

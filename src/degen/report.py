@@ -29,10 +29,12 @@ def load_summary(folder: Path) -> dict[str, Any]:
                          f"--out {folder} first")
     try:
         data = json.loads(path.read_text())
-    except ValueError as e:
-        raise UsageError(f"{path} is not valid JSON ({e}); re-run degen tune") from None
-    if data.get("kind") != "degen.tune":
-        raise UsageError(f"{path} is not a degen tune summary")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path} ({e}); re-run degen tune --out {folder}"
+                         ) from None
+    if not isinstance(data, dict) or data.get("kind") != "degen.tune":
+        raise UsageError(f"{path} is not a degen tune summary; re-run degen tune --out "
+                         f"{folder}")
     return data
 
 

@@ -19,9 +19,14 @@ def load_compare(folder: Path) -> dict[str, Any]:
     if not path.exists():
         raise UsageError(f"{folder} holds no comparison (no compare.json); run degen compare "
                          f"--out {folder} first")
-    data = json.loads(path.read_text("utf-8"))
-    if data.get("kind") != "degen.compare":
-        raise UsageError(f"{path} is not a degen compare summary")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path} ({e}); re-run degen compare --out {folder}"
+                         ) from None
+    if not isinstance(data, dict) or data.get("kind") != "degen.compare":
+        raise UsageError(f"{path} is not a degen compare summary; re-run degen compare --out "
+                         f"{folder}")
     return data
 
 

@@ -1,9 +1,11 @@
 """The ``degen`` entry point: the Typer app and the error boundary.
 
 Library errors become user-facing here and only here: a :class:`~degen.errors.UsageError`
-prints one line and exits 2, any other :class:`~degen.errors.DegenError` exits 1,
-Ctrl-C exits 130. Commands import their heavy dependencies inside their bodies so
-``degen --help`` stays fast.
+prints one line (whatever the message quotes) and exits 2, any other
+:class:`~degen.errors.DegenError` exits 1, Ctrl-C exits 130. What Click itself refuses
+(an unknown flag, a value that is not a number, a missing argument) is one line too,
+with the help to read, and exits 2. Commands import their heavy dependencies inside
+their bodies so ``degen --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from degen.cli import run as run_cmd
 from degen.cli import scan as scan_cmd
 from degen.cli import tune as tune_cmd
 from degen.errors import DegenError, UsageError
+
+# The error Click raises for what it cannot parse, from the Click that Typer uses
+# (its own copy since Typer 0.20, the click package before).
+ClickError: type[Exception] = next(c for c in typer.BadParameter.__mro__
+                                   if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="degen",
@@ -59,18 +66,40 @@ def _root(
         raise typer.Exit()
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a message that quotes a library's may hold several."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def click_error(e: Exception) -> str:
+    """Click's message for ``e`` on one line, with where to read the command's help
+    (Click's own print is a usage line and a box)."""
+    msg = one_line(e.format_message())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    return f"{msg.rstrip('.')}; see {ctx.command_path} --help" if ctx else msg
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, prog_name="degen", standalone_mode=True)
+        code = app(args=argv, prog_name="degen", standalone_mode=False)
+    except ClickError as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # bare `degen`: the help is printed
+            typer.echo(f"error: {click_error(e)}", err=True)
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort as e:
+        interrupted = isinstance(e.__cause__, KeyboardInterrupt)
+        typer.echo("interrupted" if interrupted else "aborted", err=True)
+        sys.exit(130 if interrupted else 1)
     except UsageError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(2)
     except DegenError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(str(e))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

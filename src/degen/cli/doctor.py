@@ -52,7 +52,9 @@ def doctor(
 
     if base_url:
         from degen.doctor import diagnose_server
+        from degen.engines.openai import normalize_base_url
 
+        base_url = normalize_base_url(base_url)  # a malformed URL fails before any line
         say("asking the server")
         d = diagnose_server(base_url, model=server_model, api_key=api_key)
     else:

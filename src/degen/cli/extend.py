@@ -78,6 +78,7 @@ def extend_cmd(
     from degen.load.store import RunDir, iter_records, settled
     from degen.progress import Progress, RichProgress
 
+    o.check_positive("--concurrency", concurrency)
     kind = _kind(folder)
     runs = _runs(folder, kind)
     if not runs:
@@ -189,16 +190,15 @@ def fit_runaway_cmd(
 ) -> None:
     from degen.detect.runaway_fit import fit_report
     from degen.errors import UsageError
+    from degen.load.store import check_out_file, write_json_atomic
 
     for f in folders:
         if not (f / "records.jsonl").is_file():
             raise UsageError(f"{f} holds no run (no records.jsonl); pass run folders whose "
                              "capped generations were extended (degen extend)")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"--out {out} is a folder; pass a file name")
+    check_out_file(out)
     report = fit_report(folders, horizon)
-    from degen.load.store import write_json_atomic
-
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, report)
     for ev, sc in report["scores"].items():
         at = sc["at_cap"]

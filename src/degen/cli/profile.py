@@ -41,6 +41,7 @@ def profile_cmd(
 ) -> None:
     from degen.detect.inputs import read_completions
     from degen.errors import UsageError
+    from degen.load.store import check_out_dir
     from degen.profile import profile, reading, write_csv, write_plots
 
     if not records and not model:
@@ -48,11 +49,11 @@ def profile_cmd(
                          "(--model bundled for the bundled model)")
     if window < 8 or step < 1:
         raise UsageError(f"--window must be >= 8 and --step >= 1, got {window}, {step}")
+    out = check_out_dir(out or Path("runs") / datetime.now().strftime("profile-%Y%m%d-%H%M%S"))
     sources = []
     for f in records or []:
         label = f.parent.name if f.name == "records.jsonl" else f.stem
         sources.append((label, list(read_completions(f))))  # checks every line first
-    out = out or Path("runs") / datetime.now().strftime("profile-%Y%m%d-%H%M%S")
     for m in model or []:
         sources.append(_generate(m, out, requests, max_tokens, temperature, min_p,
                                  repetition_penalty, prompts, seed, batch_size))

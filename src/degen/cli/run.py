@@ -78,6 +78,7 @@ def run(
     from degen.errors import UsageError
     from degen.load.runner import run_load
     from degen.load.schedule import Plan, parse_rate
+    from degen.load.store import check_out_dir
     from degen.progress import Progress, RichProgress
     from degen.prompts import load_prompts
     from degen.records import SamplingParams
@@ -104,6 +105,7 @@ def run(
         raise UsageError("--resume needs --out DIR (the folder of the run to continue)")
     if out is None:
         out = Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    check_out_dir(out)
     if not resume and ((out / "records.jsonl").exists() or (out / "run.json").exists()):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose "
                          "another --out")

@@ -210,9 +210,10 @@ Source = JsonlSource | VllmSource
 def open_completions(path: Path | str) -> Source:
     """The source of completions in ``path``, its format told by content (module doc)."""
     path = Path(path)
+    what = "a JSONL file of completions or a vLLM benchmark result (.json)"
     if not path.is_file():
-        raise InputFileError(f"{path} does not exist; pass a JSONL file or a vLLM "
-                             "benchmark result (.json)")
+        raise InputFileError(f"{path} is a folder; pass {what} (a run's records.jsonl)"
+                             if path.is_dir() else f"{path} does not exist; pass {what}")
     try:
         with open(path, encoding="utf-8") as f:
             lines = enumerate(f, 1)
@@ -220,9 +221,9 @@ def open_completions(path: Path | str) -> Source:
             if first is not None and _is_vllm(first[1]):
                 return _vllm_source(path, [first, *_more_results(path, lines)])
     except UnicodeDecodeError:
-        raise InputFileError(f"{path}: not UTF-8 text") from None
+        raise InputFileError(f"{path}: not UTF-8 text; pass {what}") from None
     if first is None:
-        return JsonlSource(path)
+        raise InputFileError(f"{path} is empty; pass {what}")
     if first[1] is _INVALID and path.suffix.lower() == ".json":
         return _from_document(path)
     if _is_summary(first[1]):

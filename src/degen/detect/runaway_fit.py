@@ -356,8 +356,12 @@ def fit_report(folders: Sequence[Path], horizon: int | None = None,
         raise UsageError("no generation of these runs has its log-probabilities and a "
                          "known end; run with --logprobs and extend them (degen extend)")
     followed = max(g.outcome.horizon or g.outcome.tokens for g in gens)
-    h = horizon or followed
     cap = max(g.cap for g in gens)
+    if horizon is not None and horizon <= cap:
+        raise UsageError(f"--horizon must be above the runs' cap ({cap} tokens), got "
+                         f"{horizon}; omit it to score at the longest the extensions "
+                         f"followed ({followed})")
+    h = horizon or followed
     if h <= cap:
         raise UsageError(f"the runs were not extended past their cap ({cap} tokens); run "
                          "degen extend on them first")

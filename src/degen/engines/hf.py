@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,21 +109,43 @@ def resolve_model(model: str | os.PathLike[str] | None) -> ModelSource:
                 f"{p} is a file but not a .gguf; pass a GGUF file or a model folder "
                 "with config.json"
             )
-        return ModelSource("gguf", p.resolve(), p.stem)
+        return _gguf_source(p)
     if p.is_dir():
         if (p / "config.json").is_file():
             return ModelSource("hf", p.resolve(), p.resolve().name)
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
-            return ModelSource("gguf", ggufs[0].resolve(), ggufs[0].stem)
+            return _gguf_source(ggufs[0])
         raise ModelNotFound(
             f"{p} has no config.json (and not exactly one .gguf); pass a HF model folder "
             "or a GGUF file"
         )
-    hint = ""
+    hint = "; pass a GGUF file or a model folder with config.json"
     if "/" in str(model) and not str(model).startswith((".", "/", "~")):
         hint = " (degen never downloads models: pass a local folder or GGUF file)"
     raise ModelNotFound(f"model path {model} does not exist{hint}")
+
+
+def _gguf_source(p: Path) -> ModelSource:
+    """A .gguf file as a source, if it starts as GGUF files do (checked here, before
+    torch is imported; what else is wrong shows when it loads: :func:`loading`)."""
+    with p.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelNotFound(f"{p} is not a GGUF file (it does not start with the "
+                                "bytes GGUF); pass a GGUF file or a model folder with "
+                                "config.json")
+    return ModelSource("gguf", p.resolve(), p.stem)
+
+
+@contextlib.contextmanager
+def loading(path: Path) -> Iterator[None]:
+    """Reading a model's files: what they fail with becomes :class:`ModelNotFound`
+    naming ``path``, one line (the local engine and degen doctor load through it)."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelNotFound(f"cannot load {path}: {type(e).__name__}: {str(e)[:200]}; "
+                            "pass a complete GGUF file or HF model folder") from None
 
 
 def _gguf_cache_dir(src: ModelSource) -> Path:

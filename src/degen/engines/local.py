@@ -154,12 +154,8 @@ class LocalEngine(Engine):
         with self._lock:
             if self._model is not None:
                 return
-            try:
+            with hf.loading(self.source.path):
                 model, tok = hf.load_model(self.source, self._device_opt, self._dtype_opt)
-            except (OSError, ValueError, KeyError, RuntimeError) as e:
-                raise ModelNotFound(
-                    f"cannot load {self.source.path}: {type(e).__name__}: {str(e)[:200]}"
-                ) from None
             self._stop_ids = hf.stop_token_ids(model, tok)
             if not self._stop_ids:
                 raise ModelNotFound(

@@ -236,7 +236,8 @@ class OpenAIEngine(Engine):
         if api not in APIS:
             raise InvalidParams(f"api must be one of {', '.join(APIS)}, got {api!r}")
         if timeout <= 0 or connect_timeout <= 0:
-            raise InvalidParams("timeouts must be > 0 seconds")
+            raise InvalidParams(f"timeouts must be > 0 seconds, got --timeout {timeout}, "
+                                f"connect timeout {connect_timeout}")
         if max_retries < 0:
             raise InvalidParams(f"max_retries must be >= 0, got {max_retries}")
         self.base_url = normalize_base_url(base_url)

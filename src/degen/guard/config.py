@@ -399,7 +399,8 @@ def load_tuned(folder: Path | str) -> dict[str, Any]:
         raise UsageError(f"no tune.json in {folder}; pass the --out folder of a finished "
                          "`degen tune`") from None
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+        raise UsageError(f"cannot read {path}: {e}; pass the --out folder of a finished "
+                         "`degen tune`") from None
     best = data.get("best") if isinstance(data, dict) else None
     values = best.get("values") if isinstance(best, dict) else None
     if not isinstance(values, dict):

@@ -51,7 +51,7 @@ def read(path: Path | str) -> dict[str, Any]:
     except FileNotFoundError:
         raise UsageError(f"no config file at {path}; pass an existing --config file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+        raise UsageError(f"cannot read {path}: {e}; pass a TOML --config file") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path} is not valid TOML: {e}") from None
     for k, v in data.items():

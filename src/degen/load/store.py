@@ -40,6 +40,39 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def check_out_dir(path: Path, flag: str = "--out") -> Path:
+    """``path`` if it can be the output folder: a folder, or a path that can be made one
+    (no file in the way, the nearest existing folder writable). Nothing is created, so a
+    command checks its output here before any work and writes nothing on a bad one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{flag} {path} is a file; pass a folder")
+    _check_can_make(path, path, flag)
+    return path
+
+
+def check_out_file(path: Path, flag: str = "--out") -> Path:
+    """``path`` if it can be the output file (its folder is made when written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputDirError(f"{flag} {path} is a folder; pass a file name")
+    _check_can_make(path.parent, path, flag)
+    return path
+
+
+def _check_can_make(folder: Path, out: Path, flag: str) -> None:
+    """``folder`` exists or can be made, and can be written in."""
+    up = folder
+    while not up.exists() and up != up.parent:  # under a file, exists() is False too
+        up = up.parent
+    if not up.is_dir():
+        raise OutputDirError(f"{flag} {out}: {up} is a file, not a folder; pass another "
+                             f"{flag}")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{flag} {out}: cannot write in {up} (permission denied); "
+                             f"pass an {flag} you can write to")
+
+
 def iter_records(path: Path, *, allow_torn_tail: bool = False) -> Iterator[Completion]:
     """Read a records file; a malformed line is an error naming it. With
     ``allow_torn_tail`` a last line without its newline (a write cut by a crash) is
@@ -125,8 +158,7 @@ class RunDir:
                 f"{d.path} already holds a run; pass --resume to continue it or choose "
                 "another --out"
             )
-        if d.path.exists() and not d.path.is_dir():
-            raise OutputDirError(f"--out {d.path} is a file; pass a folder")
+        check_out_dir(d.path)
         d.path.mkdir(parents=True, exist_ok=True)
         d.write_meta(meta)
         d._log = AppendLog(d.records_path)

@@ -80,7 +80,8 @@ def parse_prompts(text: str, source: str) -> list[Prompt]:
         seen.add(p.id)
         out.append(p)
     if not out:
-        raise PromptFileError(f"{source}: no prompts in the file")
+        raise PromptFileError(f'{source}: no prompts in the file; write one JSON object a '
+                              'line, {"id", "messages"} or {"id", "prompt"}')
     return out
 
 
@@ -101,11 +102,12 @@ def load_prompts(source: str | Path | None = None) -> list[Prompt]:
         suite = parse_prompts(text, "builtin suite")
         return [as_raw(p) for p in suite] if str(source) == BUILTIN_RAW else suite
     path = Path(source)
+    what = "pass a JSONL file, builtin-raw, or omit --prompts for the built-in suite"
     if not path.is_file():
-        raise PromptFileError(f"prompts file {path} does not exist; pass a JSONL file, "
-                              "builtin-raw, or omit --prompts for the built-in suite")
+        raise PromptFileError(f"prompts file {path} is a folder; {what}" if path.is_dir()
+                              else f"prompts file {path} does not exist; {what}")
     try:
         text = path.read_text("utf-8")
     except UnicodeDecodeError:
-        raise PromptFileError(f"{path}: not UTF-8 text") from None
+        raise PromptFileError(f"{path}: not UTF-8 text; {what}") from None
     return parse_prompts(text, str(path))

@@ -184,15 +184,18 @@ class SearchSpace:
         if file is not None:
             import tomllib
 
+            what = "pass a TOML file with a [space] table, e.g. temperature = [0.5, 1.2]"
             try:
-                data = tomllib.loads(Path(file).read_text())
+                data = tomllib.loads(Path(file).read_text("utf-8"))
             except FileNotFoundError:
-                raise InvalidParams(f"space file {file} does not exist") from None
+                raise InvalidParams(f"space file {file} does not exist; {what}") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise InvalidParams(f"cannot read space file {file} ({e}); {what}") from None
             except tomllib.TOMLDecodeError as e:
                 raise InvalidParams(f"space file {file}: {e}") from None
             table = data.get("space", data)
             if not isinstance(table, Mapping) or not table:
-                raise InvalidParams(f"space file {file} has no [space] table")
+                raise InvalidParams(f"space file {file} has no [space] table; {what}")
             dims.update((k, _dim_from_toml(k, v)) for k, v in table.items())
         for spec in params:
             d = parse_dim(spec)

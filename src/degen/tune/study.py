@@ -133,7 +133,9 @@ class TuneConfig:
         self.horizon = check_horizon(self.horizon, self.max_tokens) \
             if self.horizon is not None else default_horizon(self.max_tokens)
         self.extend_share = check_share(self.extend_share)
-        self.out = Path(self.out)
+        from degen.load.store import check_out_dir
+
+        self.out = check_out_dir(Path(self.out))
 
     @property
     def storage_url(self) -> str:
