@@ -144,7 +144,8 @@ def loading(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ModelNotFound(f"cannot load {path}: {type(e).__name__}: {str(e)[:200]}; "
+        raise ModelNotFound(f"cannot load {path}: {type(e).__name__}: "
+                            f"{str(e)[:200].rstrip('. ')}; "
                             "pass a complete GGUF file or HF model folder") from None
 
 
