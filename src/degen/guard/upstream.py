@@ -98,6 +98,10 @@ class _Conn(asyncio.Protocol):
             self._fail(UpstreamBroken("the upstream closed the connection"
                                       + (f" ({type(exc).__name__})" if exc else "")))
         self.pool._forget(self)
+        # the parser and the transport point back at this protocol: without these cycles
+        # a closed connection (and the body it buffered) is freed as soon as its response
+        # is, not at the next full collection (which the guard's workers make rare)
+        self.parser = self.transport = None  # type: ignore[assignment]
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
