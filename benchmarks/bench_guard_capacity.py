@@ -222,9 +222,17 @@ def pin(cpus: str | None) -> list[str]:
 
 
 class Proc:
-    def __init__(self, args: list[str], health: str, what: str) -> None:
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+    """A server process, its output to ``log`` (appended; else dropped), running once
+    ``health`` answers 200."""
+
+    def __init__(self, args: list[str], health: str, what: str, log: Path | None = None
+                 ) -> None:
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (the child's)
+        try:
+            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=out)
+        finally:
+            if log:
+                out.close()  # type: ignore[union-attr]
         _wait_http(health, self.proc, what)
 
     def stop(self) -> None:
@@ -236,21 +244,25 @@ class Proc:
                 self.proc.kill()
 
 
-def upstream(chunks: int, interval: float = 0.0) -> tuple[Proc, int]:
-    port = free_port()
+def upstream(chunks: int, interval: float = 0.0, *flags: str, port: int | None = None
+             ) -> tuple[Proc, int]:
+    """The fast upstream (its ``flags`` besides); on ``port`` (again, after a kill)."""
+    port = port or free_port()
     p = Proc([*pin(OTHERS), sys.executable, "-m", "benchmarks.fast_upstream", "--port", str(port),
-              "--chunks", str(chunks), "--interval", str(interval)],
+              "--chunks", str(chunks), "--interval", str(interval), *flags],
              f"http://127.0.0.1:{port}/v1/models", "the fast upstream")
     return p, port
 
 
-def guard(up_port: int, workers: int, *flags: str) -> tuple[Proc, int]:
+def guard(up_port: int, workers: int, *flags: str, log: Path | None = None
+          ) -> tuple[Proc, int]:
+    """``degen guard`` in front of the upstream on ``up_port``, its log to ``log``."""
     port = free_port()
     p = Proc([*pin(GUARD if workers == 1 else None), sys.executable, "-m", "degen.cli.app",
               "guard", "--upstream",
               f"http://127.0.0.1:{up_port}", "--port", str(port), "--log-level", "warning",
               *(("--workers", str(workers)) if workers != 1 else ()), *flags],
-             f"http://127.0.0.1:{port}/health", "degen guard")
+             f"http://127.0.0.1:{port}/health", "degen guard", log)
     return p, port
 
 

@@ -10,9 +10,17 @@ log-probabilities gets one per chunk. Each chunk carries ``"ts"``: its send time
 ``time.time_ns()`` (for latency; one field that the guard relays like any other).
 
 Options: ``--chunks`` per answer, ``--interval`` seconds between chunks of a stream
-(0: as fast as the socket takes them; > 0: a decode step, for measuring at a given load).
-``GET /stats``: the connections open now and the requests served (its own ones
-included).
+(0: as fast as the socket takes them; > 0: a decode step, for measuring at a given load),
+``--long`` another answer length built ahead of time. A request may ask for its own
+pacing and length in its body (the guard relays fields it does not know):
+``"fast_interval": 0`` and ``"fast_chunks": N`` (``--chunks`` or ``--long``), and name a
+``"fast_tag"`` its figures are counted under.
+
+``GET /stats``: the connections open now (its own included) and the requests served;
+``streaming``, the answers being written now; ``blocked``, those of them waiting for
+their reader to take what was written (back-pressure: the guard stopped reading);
+``sent``, the bytes they have written so far, of which ``unsent`` still wait in this
+process (the transport's buffer); the same per tag under ``tags``.
 
     python -m benchmarks.fast_upstream --port 9000 [--chunks 1000] [--interval 0]
 """
@@ -22,7 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
+from typing import Any
 
 from degen.testing.scripted import _PIECE, prose
 
@@ -80,9 +90,25 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | N
     return head.split(b" ", 2)[1], body
 
 
-async def serve(port: int, chunks: int, interval: float) -> None:
-    answers = Answers(chunks)
-    stats = {"open": 0, "requests": 0}
+_ASKS = re.compile(rb'"fast_(interval|chunks|tag)": ?"?([A-Za-z0-9_.-]+)')
+
+
+def _counts() -> dict[str, Any]:
+    return {"streaming": 0, "blocked": 0, "sent": 0, "writers": set()}
+
+
+def _report(stats: dict[str, Any]) -> dict[str, Any]:
+    def one(c: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in c.items() if k not in ("writers", "tags")}
+        out["unsent"] = sum(w.transport.get_write_buffer_size() for w in c["writers"])
+        return out
+
+    return {**one(stats), "tags": {k: one(v) for k, v in stats["tags"].items()}}
+
+
+async def serve(port: int, chunks: int, interval: float, long: int = 0) -> None:
+    sizes = {n: Answers(n) for n in {chunks, long} if n}
+    stats: dict[str, Any] = {"open": 0, "requests": 0, **_counts(), "tags": {}}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stats["open"] += 1
@@ -90,7 +116,7 @@ async def serve(port: int, chunks: int, interval: float) -> None:
             while (req := await _read_request(reader)) is not None:
                 path, body = req
                 if path.endswith(b"/stats"):  # open connections, for leak checks
-                    data = json.dumps(stats).encode()
+                    data = json.dumps(_report(stats)).encode()
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\n\r\n%s" % (len(data), data))
                     await writer.drain()
@@ -101,18 +127,45 @@ async def serve(port: int, chunks: int, interval: float) -> None:
                                  b"content-length: %d\r\n\r\n%s" % (len(MODELS), MODELS))
                     await writer.drain()
                     continue
+                asks = {k.decode(): v.decode() for k, v in _ASKS.findall(body)}
+                answers = sizes.get(int(asks.get("chunks", chunks)), sizes[chunks])
+                pace = float(asks.get("interval", interval))
+                tag = stats["tags"].setdefault(asks["tag"], _counts()) \
+                    if "tag" in asks else None
                 lp = b'"logprobs":true' in body or b'"logprobs": true' in body
                 parts = answers.logprobs if lp else answers.plain
                 writer.write(HEAD)
-                for i, (a, b) in enumerate(parts):
-                    writer.write(_frame(a + b"%d" % time.time_ns() + b))
-                    if interval:
-                        await writer.drain()
-                        await asyncio.sleep(interval)
-                    elif i % 8 == 7:
-                        await writer.drain()
-                writer.write(answers.tail)
-                await writer.drain()
+                counted = [c for c in (stats, tag) if c is not None]
+                for c in counted:
+                    c["streaming"] += 1
+                    c["writers"].add(writer)
+                sent, flushed = len(HEAD), 0
+                try:
+                    for i, (a, b) in enumerate(parts):
+                        frame = _frame(a + b"%d" % time.time_ns() + b)
+                        writer.write(frame)
+                        sent += len(frame)
+                        if pace or i % 8 == 7:
+                            for c in counted:
+                                c["sent"] += sent - flushed
+                                c["blocked"] += 1
+                            flushed = sent
+                            try:
+                                await writer.drain()
+                            finally:
+                                for c in counted:
+                                    c["blocked"] -= 1
+                            if pace:
+                                await asyncio.sleep(pace)
+                            elif i % 512 == 511:  # a drain that need not wait does not
+                                await asyncio.sleep(0)  # yield: let the others run
+                    writer.write(answers.tail)
+                    await writer.drain()
+                finally:
+                    for c in counted:
+                        c["streaming"] -= 1
+                        c["sent"] -= flushed
+                        c["writers"].discard(writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -129,6 +182,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--chunks", type=int, default=1000)
     ap.add_argument("--interval", type=float, default=0.0)
+    ap.add_argument("--long", type=int, default=0, help="another answer length, for "
+                    "requests that ask for it (fast_chunks)")
     a = ap.parse_args()
     try:
         import uvloop
@@ -136,7 +191,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(serve(a.port, a.chunks, a.interval))
+    asyncio.run(serve(a.port, a.chunks, a.interval, a.long))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ windows and the watch the text they point into). Not thread-safe: one per stream
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,8 +140,14 @@ class Watch:
                  horizon: int | None = None, model: str | None = None) -> None:
         self.config = config
         kinds = set(config.kinds)
-        self.loop = LoopTrack(prompt or "", self._slice, **config.loop) \
-            if "loop" in kinds else None
+        # the loop track reads the text through a weak reference: a bound method would
+        # be a cycle (watch -> track -> watch), freed only by a full garbage collection
+        ref = weakref.ref(self)
+
+        def text(a: int, b: int) -> str:
+            return ref()._slice(a, b)  # type: ignore[union-attr]
+
+        self.loop = LoopTrack(prompt or "", text, **config.loop) if "loop" in kinds else None
         babble_kinds = kinds & {"gibberish", "spacing"}
         self.babble = BabbleTrack(kinds=babble_kinds, **config.babble) if babble_kinds else None
         self.surprise = SurpriseTrack(**config.surprise)

@@ -4,9 +4,11 @@ of bytes already in memory, not a trip through a general-purpose client's layers
 
 :meth:`StreamPool.post` sends one request and returns an :class:`UpstreamResponse`
 once its status and headers are in; :meth:`UpstreamResponse.read` gives the body as it
-arrives (de-chunked; every piece that came in since the last call, joined), ``b""`` at
-its end. Closing a response before its end closes the connection: that is how vLLM and
-llama.cpp learn to abort the generation. A response read to its end returns its
+arrives (de-chunked; what came in since the last call, joined, at most :data:`READ_MAX`
+bytes a call), ``b""`` at its end. Reading stops while ``_HIGH_WATER`` bytes wait
+unread (back-pressure: a client that stops reading stops its upstream). Closing a
+response before its end closes the connection: that is how vLLM and llama.cpp learn to
+abort the generation. A response read to its end returns its
 connection to the pool. Errors: :class:`UpstreamTimeout` (no data for ``timeout``
 seconds, or no connection within ``connect_timeout``), :class:`UpstreamBroken` (refused,
 reset, closed early, not HTTP). A request on a pooled connection that the server had
@@ -25,6 +27,10 @@ from urllib.parse import urlsplit
 import httptools
 
 _HIGH_WATER = 1 << 20  # bytes buffered from the upstream before it is paused
+# the most one read() gives: the relay judges what it reads in one go, with the event loop
+# to itself, so a stream that fell behind (a client that reads slowly) takes its backlog
+# in slices, and the worker's other streams are served between them
+READ_MAX = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -96,6 +102,10 @@ class _Conn(asyncio.Protocol):
             self._fail(UpstreamBroken("the upstream closed the connection"
                                       + (f" ({type(exc).__name__})" if exc else "")))
         self.pool._forget(self)
+        # the parser and the transport point back at this protocol: without these cycles
+        # a closed connection (and the body it buffered) is freed as soon as its response
+        # is, not at the next full collection (which the guard's workers make rare)
+        self.parser = self.transport = None  # type: ignore[assignment]
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -112,6 +122,21 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+    def take(self, n: int) -> bytes:
+        """The first ``n`` bytes of the body (it holds more)."""
+        out, size = [], 0
+        while size < n:
+            part = self.body[0]
+            if size + len(part) <= n:
+                out.append(self.body.pop(0))
+                size += len(part)
+            else:
+                out.append(part[:n - size])
+                self.body[0] = part[n - size:]
+                size = n
+        self.buffered -= size
+        return b"".join(out)
 
     # -- waiting
     def _fail(self, err: UpstreamError) -> None:
@@ -174,10 +199,13 @@ class UpstreamResponse:
             if c.error is not None:
                 raise c.error
             await c.wait(self._timeout)
-        data = c.body[0] if len(c.body) == 1 else b"".join(c.body)
-        c.body.clear()
-        c.buffered = 0
-        if c.paused and c.transport is not None:
+        if c.buffered <= READ_MAX:
+            data = c.body[0] if len(c.body) == 1 else b"".join(c.body)
+            c.body.clear()
+            c.buffered = 0
+        else:
+            data = c.take(READ_MAX)
+        if c.paused and c.buffered <= _HIGH_WATER // 2 and c.transport is not None:
             c.paused = False
             c.transport.resume_reading()
         return data
