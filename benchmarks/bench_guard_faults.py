@@ -28,12 +28,18 @@ Scenarios (``--scenarios``, each with its own upstream and guard):
     worker's descriptors); the other worker's clients must see no error, the killed
     one's see their connection break (counted), and the parent must start a new worker.
 ``stall``
-    ``--stall-share`` of the streams ask for a long answer sent as fast as the socket
-    takes it, read ``--stall-after`` bytes through a socket with a 4 KiB receive buffer,
-    then stop reading without closing for ``--hold`` seconds. The guard must stop
-    reading the upstream for them (back-pressure: the upstream's writes block) and hold
-    a bounded amount per stream: its RSS per worker is sampled every second, the bytes
-    the upstream sent them and the kernel's socket queues are counted.
+    ``--stall-share`` of the streams ask for a long answer, a chunk every
+    ``--stall-interval`` seconds (0.01: 100 tokens a second, faster than most served
+    models decode one stream), read ``--stall-after`` bytes through a socket with a
+    4 KiB receive buffer, then stop reading without closing for ``--hold`` seconds. The
+    guard must stop reading the upstream for them (back-pressure: the upstream's writes
+    block) and hold a bounded amount per stream: its RSS per worker is sampled every
+    second, the bytes the upstream sent them and the kernel's socket queues are counted.
+    The other clients must not wait: every 2 s an OpenAI SDK client streams one steady
+    answer through the guard and, as a control, one straight from the upstream (with
+    ``--stall-interval 0`` the stalled answers come as fast as the socket takes them,
+    and the benchmark's one-process upstream is itself the bottleneck: the control
+    shows it).
 
 After each: once every client is done, requests still running at the upstream (must be
 0: a leak) apart from the idle keep-alive connections the guard's pools keep (at most
@@ -601,7 +607,8 @@ def run_stall(a: argparse.Namespace) -> dict[str, Any]:
         t0 = time.time() + 0.5
         stop_new = t0 + start + hold + 3
         deadline = stop_new + _answer_s(a) + a.read_timeout + 5
-        body = {**BODY, "fast_tag": "stall", "fast_interval": 0, "fast_chunks": STALL_CHUNKS}
+        body = {**BODY, "fast_tag": "stall", "fast_interval": a.stall_interval,
+                "fast_chunks": STALL_CHUNKS}
         proc = st.client({"start": t0, "ramp": ramp, "stop_new": stop_new,
                           "deadline": deadline, "stallers": stallers,
                           "stall_start": t0 + start, "stall_until": t0 + start + hold,
@@ -611,27 +618,49 @@ def run_stall(a: argparse.Namespace) -> dict[str, Any]:
         time.sleep(max(0.0, t0 + start - 1 - time.time()))
         loaded = rss_of(workers(st.g.proc.pid))  # the steady streams, before the stall
         probes: list[dict[str, Any]] = []
+        controls: list[dict[str, Any]] = []
+        threads: list[threading.Thread] = []
         while time.time() < t0 + start + hold - 3:  # every 2 s while they stall
+            threads += [sdk_probe(st.base + "/v1", 0, controls, "guard"),
+                        sdk_probe(f"http://127.0.0.1:{st.up_port}/v1", 0, controls,
+                                  "direct")]
             time.sleep(2)
             s = stats(st.up_port)["tags"].get("stall", {})
             probes.append({"t": round(time.time() - t0, 1),
                            "rss_mib": rss_of(workers(st.g.proc.pid)), **s,
                            "queues": queues(st.port, st.up_port)})
         res = _finish(proc, sampler, deadline - time.time() + 60)
+        for t in threads:
+            t.join(60)
         end = st.settle()
     finally:
         st.stop()
-    late = probes[len(probes) // 2:]  # the second half of the hold: settled
-    mid, last = late[0], probes[-1]
+    def took(p: dict[str, Any]) -> int:  # what the guard has read of their streams
+        q = p["queues"]
+        return (p["sent"] - p["unsent"] - q.get("upstream_send", 0)
+                - q.get("guard_receive", 0))
+
+    last = probes[-1]
+    taken = took(last)
+    # the probes once the guard had stopped reading them (back-pressure): its memory for
+    # them should stay flat from there
+    late = [p for p in probes if took(p) >= 0.98 * taken]
+    late = late if len(late) >= 2 else probes[-2:]
+    mid = late[0]
     sent = last["sent"] - last["unsent"]  # bytes that left the upstream for them
     q = last["queues"]
-    taken = sent - q.get("upstream_send", 0) - q.get("guard_receive", 0)
     loaded_sum = sum(loaded.values())
     stalled_rss = [sum(p["rss_mib"].values()) for p in late]
     stalled_recs = res["stalled"]
     return {
         "scenario": "stall", "stallers": stallers, "steady": a.streams - stallers,
-        "hold_s": hold, "steady_clients": _summary(res["records"]),
+        "hold_s": hold, "stall_interval": a.stall_interval,
+        "steady_clients": _summary(res["records"]),
+        "control_s": {tag: _spread([c["seconds"] for c in controls
+                                    if c["when"] == tag and c["outcome"] == "whole"])
+                      | {"not_whole": sum(c["when"] == tag and c["outcome"] != "whole"
+                                          for c in controls)}
+                      for tag in ("guard", "direct")},
         "stalled_clients": {"kinds": dict(Counter(r[3] for r in stalled_recs)),
                             "read_kib_median": round(statistics.median(
                                 r[6] for r in stalled_recs) / 1024, 1)},
@@ -646,9 +675,18 @@ def run_stall(a: argparse.Namespace) -> dict[str, Any]:
         "rss_stalled_mib": {"mid": mid["rss_mib"], "end": last["rss_mib"]},
         "rss_per_stalled_kib": round((statistics.median(stalled_rss) - loaded_sum) * 1024
                                      / stallers),
-        "rss_growth_second_half_mib": round(stalled_rss[-1] - stalled_rss[0], 1),
+        "guard_full_at_s": mid["t"],
+        "rss_growth_once_full_mib": round(stalled_rss[-1] - stalled_rss[0], 1),
         "rss_after_mib": end["rss_mib"], "probes": probes, "end": end,
         "leak_free": _leak_verdict(end), "log": log_problems(st.log)}
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "min": xs[0], "median": round(statistics.median(xs), 2),
+            "max": xs[-1]}
 
 
 RUN = {"upstream": run_upstream, "worker": run_worker, "stall": run_stall}
@@ -681,9 +719,12 @@ def _line(r: dict[str, Any]) -> str:
     return (f"{r['stallers']} stalled clients: upstream blocked {r['upstream_blocked']}, "
             f"sent {r['sent_per_stalled_kib']} KiB each, the guard took "
             f"{r['guard_took_per_stalled_kib']} KiB each; RSS +{r['rss_per_stalled_kib']} KiB "
-            f"each, {r['rss_growth_second_half_mib']} MiB growth in the second half; "
+            f"each, {r['rss_growth_once_full_mib']} MiB growth after the guard stopped "
+            f"reading them ({r['guard_full_at_s']} s); "
             f"steady clients {r['steady_clients']['whole']} whole, errors "
-            f"{r['steady_clients']['errors']}; RSS {tot(r['rss_idle_mib'])} -> "
+            f"{r['steady_clients']['errors']}; an SDK stream through the guard "
+            f"{r['control_s']['guard']} s, straight from the upstream "
+            f"{r['control_s']['direct']} s; RSS {tot(r['rss_idle_mib'])} -> "
             f"{tot(r['rss_after_mib'])} MiB; {tail}")
 
 
@@ -702,9 +743,12 @@ def main() -> None:
                     help="seconds without data a client calls a hang")
     ap.add_argument("--stall-share", type=float, default=0.125,
                     help="share of the streams that stop reading")
+    ap.add_argument("--stall-interval", type=float, default=0.01,
+                    help="seconds between chunks of a stalled answer (0: as fast as "
+                    "the socket takes them)")
     ap.add_argument("--stall-after", type=int, default=16384,
                     help="bytes a stalled client reads before it stops")
-    ap.add_argument("--hold", type=float, default=60.0, help="seconds clients stay stalled")
+    ap.add_argument("--hold", type=float, default=80.0, help="seconds clients stay stalled")
     ap.add_argument("--logs", type=Path, help="folder for the guard's logs (default: a "
                     "temporary one)")
     ap.add_argument("--json", type=Path)

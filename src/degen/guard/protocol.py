@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from degen.guard.config import GuardConfig
 from degen.guard.routing import error_body
+from degen.guard.sockets import fix_buffer
 
 log = logging.getLogger("degen.guard")
 
@@ -66,6 +68,7 @@ class GuardProtocol(HttpToolsProtocol):
     # the head is whole
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        fix_buffer(transport, socket.SO_SNDBUF)  # a stalled client holds little (sockets.py)
         self._arm()
 
     def _arm(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
 from typing import Any
@@ -26,7 +27,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
-_HIGH_WATER = 1 << 20  # bytes buffered from the upstream before it is paused
+from degen.guard.sockets import SOCKET_BUFFER
+
+_HIGH_WATER = 1 << 18  # bytes buffered from the upstream before it is paused
 # the most one read() gives: the relay judges what it reads in one go, with the event loop
 # to itself, so a stream that fell behind (a client that reads slowly) takes its backlog
 # in slices, and the worker's other streams are served between them
@@ -279,10 +282,8 @@ class StreamPool:
         return len(self._all)
 
     async def _connect(self) -> _Conn:
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
-                lambda: _Conn(self), self.host, self.port, ssl=self.ssl), self.connect_timeout)
+            conn = await asyncio.wait_for(self._open(), self.connect_timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"no connection to {self.host}:{self.port} within "
                                   f"{self.connect_timeout:g} s") from None
@@ -291,6 +292,31 @@ class StreamPool:
                                  f"({e.strerror or type(e).__name__})") from None
         self._all.add(conn)
         return conn
+
+    async def _open(self) -> _Conn:
+        """A new connection whose receive buffer is fixed before it connects (so the
+        window it offers fits it; see :mod:`degen.guard.sockets`)."""
+        loop = asyncio.get_running_loop()
+        error: OSError = OSError(f"no address for {self.host}")
+        for family, kind, proto, _, addr in await loop.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                await loop.sock_connect(sock, addr)
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            except BaseException:  # cancelled (the connect timeout): nothing left open
+                sock.close()
+                raise
+            _, conn = await loop.create_connection(
+                lambda: _Conn(self), sock=sock, ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None)
+            return conn
+        raise error
 
     def _request(self, method: str, path: str, body: bytes,
                  headers: dict[str, str]) -> bytes:
