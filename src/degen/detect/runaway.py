@@ -8,7 +8,7 @@ is only where the measurement stopped looking. So degen tells three things apart
   the record (:class:`CappedDetector`). Most capped answers of a tuned model are long
   answers that end a few hundred tokens later.
 - **long**: capped, but it ended by itself before the horizon ``H`` when continued
-  (:mod:`degen.load.extend`).
+  (:mod:`degen.experiments.load.extend`).
 - **runaway**: it would not end by ``H`` (8 times the cap unless told): known by
   extension, or predicted. :class:`RunawayTrack` is the prediction, part of the watch
   (:mod:`degen.detect.watch`): at every token, the probability that the generation

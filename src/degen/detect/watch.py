@@ -461,7 +461,7 @@ def stream_watch(messages: Sequence[Mapping[str, Any]] | None, prompt: str | Non
     """The watch an engine or the guard runs on one generation: every kind, the
     request's prompt (:func:`~degen.detect.loop.prompt_text`), the runaway horizon
     (default 8 times ``max_tokens``) and the runaway fit of ``model`` (or ``weights``)."""
-    from degen.load.extend import default_horizon
+    from degen.outcomes import default_horizon
 
     config = WatchConfig(runaway={"weights": weights}) if weights else DEFAULT
     return Watch(prompt_text(messages, prompt), config,
@@ -481,7 +481,7 @@ def watch_text(text: str, prompt: str = "", config: WatchConfig = DEFAULT,
 def horizon_of(completion: Completion, config: WatchConfig = DEFAULT) -> int:
     """The horizon a completion's runaway is judged against: the config's, else 8 times
     its cap."""
-    from degen.load.extend import default_horizon
+    from degen.outcomes import default_horizon
 
     return config.horizon or default_horizon(completion.params.max_tokens)
 
@@ -520,7 +520,7 @@ def watched(completion: Completion, config: WatchConfig = DEFAULT) -> Watch:
             pos += n
     else:
         w.feed(text)
-    from degen.load.extend import UNENDED
+    from degen.outcomes import UNENDED
 
     ended = completion.finish_reason not in UNENDED
     # a record that does not say how many tokens it has: about 4 characters each
@@ -534,7 +534,7 @@ def watched(completion: Completion, config: WatchConfig = DEFAULT) -> Watch:
 def _known(w: Watch, outcome: Mapping[str, Any]) -> None:
     """What an extension found replaces the prediction: no runaway if it ended by the
     horizon, a runaway (score 1) if it was followed that far and did not."""
-    from degen.load.extend import Outcome
+    from degen.outcomes import Outcome
 
     track = w.runaway
     assert track is not None and track.horizon is not None

@@ -39,7 +39,7 @@ what the stream saw. With them comes the *stopping evidence* (``stop_evidence``,
 default): 20 alternatives a token, from which the probability the model gave to
 ending is read (:mod:`degen.engines.evidence`; ``extra["stop_logprobs"]`` and
 ``extra["stop_upper"]``). A server that ignores the request still works (text-only
-watch). A continuation (an extension, :mod:`degen.load.extend`) is sent as the text so
+watch). A continuation (an extension, :mod:`degen.experiments.load.extend`) is sent as the text so
 far (:func:`build_body`) and never cut.
 
 Failures: connection errors, timeouts, 429 and 5xx are retried with exponential

@@ -63,8 +63,8 @@ class SharedMetrics:
             await asyncio.sleep(self.interval)
 
     def render(self, metrics: GuardMetrics) -> str:
+        from degen.experiments.tune.storage import alive
         from degen.guard.metrics import GuardMetrics
-        from degen.tune.storage import alive
 
         total = GuardMetrics()
         total.add(metrics.snapshot())
