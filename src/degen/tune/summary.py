@@ -18,7 +18,7 @@ from degen.risk import risk
 from degen.tune.space import deviation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from degen.tune.study import TuneConfig
+    from degen.tune.config import TuneConfig
 
 DEFAULTS_ARM = "baseline"
 
