@@ -7,7 +7,6 @@ import importlib
 
 import pytest
 
-
 MODULES = ["degen.detect.asked", "degen.detect.watch", "degen.detect.lexicon",
            "degen.engines.base", "degen.diagnose.arch", "degen.diagnose.memory",
            "degen.measurement.risk", "degen.stats", "degen.experiments.compare",

@@ -40,113 +40,52 @@ from the finished trials. Pass it as an objective to reproduce seed 000 exactly.
 
 Storage is Optuna's RDB storage (a SQLite file in ``out`` by default, or a
 PostgreSQL URL that several workers share); each trial keeps a heartbeat, and a
-trial whose worker died is failed and retried with the same parameters.
+trial whose worker died is failed and retried with the same parameters
+(:mod:`degen.experiments.tune.lifecycle`). The study's settings:
+:class:`~degen.experiments.tune.config.TuneConfig`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# ``X as X``: re-exported, names this module defined or imported before TuneConfig moved
+# to degen.experiments.tune.config and the study's storage handling to
+# degen.experiments.tune.lifecycle
 from degen.detect.base import DetectorList
 from degen.engines.base import Engine
-from degen.errors import InvalidParams, UsageError
+from degen.errors import InvalidParams
+from degen.errors import UsageError as UsageError
 from degen.experiments.load.runner import run_load, versions
 from degen.experiments.load.schedule import Plan
+from degen.experiments.tune.config import OBJECTIVES as OBJECTIVES
+from degen.experiments.tune.config import TuneConfig
+from degen.experiments.tune.lifecycle import abandon as abandon_trials
+from degen.experiments.tune.lifecycle import open_study as open_optuna_study
 from degen.experiments.tune.race import Race, as_stop, outcomes
-from degen.experiments.tune.space import SearchSpace, deviation, sampling_params, with_system
-from degen.experiments.tune.storage import Interrupted, alive, locked, redact, storage_class
+from degen.experiments.tune.space import SearchSpace as SearchSpace
+from degen.experiments.tune.space import deviation, sampling_params, with_system
+from degen.experiments.tune.storage import Interrupted, locked
+from degen.experiments.tune.storage import alive as alive
+from degen.experiments.tune.storage import redact as redact
+from degen.experiments.tune.storage import storage_class as storage_class
 from degen.experiments.tune.summary import DEFAULTS_ARM, best_risk, confirmation, summarize_study
-from degen.measurement.failure import FAILURE_KINDS, Measure, examples, params_key
+from degen.measurement.failure import FAILURE_KINDS as FAILURE_KINDS
+from degen.measurement.failure import Measure, examples, params_key
 from degen.measurement.progress import Forwarding, Progress
 from degen.measurement.risk import prompt_categories
 from degen.prompts import Prompt
 from degen.records import Completion
 from degen.store import RECORDS, iter_records, settled
-
-OBJECTIVES = ("failure", "tokens", "latency", "deviation")
-
-
-@dataclass
-class TuneConfig:
-    """Everything a study needs besides the engine and the prompts."""
-
-    space: SearchSpace
-    out: Path
-    objectives: tuple[str, ...] = ("failure",)
-    kinds: tuple[str, ...] = FAILURE_KINDS
-    trials: int = 10
-    requests: int = 32
-    runs: int = 1
-    rate: float | None = None
-    arrivals: str = "poisson"
-    concurrency: int | None = None
-    max_tokens: int = 256
-    seed: int = 0
-    early_cut: bool = True
-    prune: bool = True
-    confirm: int = 48
-    confirm_top: int = 2
-    storage: str | None = None
-    study: str = "degen"
-    sampler: str = "tpe"
-    jobs: int = 1
-    stress: bool = False
-    horizon: int | None = None  # None: 8 x max_tokens
-    extend: bool = True  # continue the confirmation's capped generations to the horizon
-    extend_share: float = 1.0
-
-    def __post_init__(self) -> None:
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad or not self.objectives:
-            raise InvalidParams(f"unknown objective {', '.join(bad) or '(none)'}; "
-                                f"choose from {', '.join(OBJECTIVES)}")
-        if "failure" not in self.objectives:
-            raise InvalidParams("the objectives must include failure (that is what degen "
-                                "tunes away)")
-        if len(set(self.objectives)) != len(self.objectives):
-            raise InvalidParams("an objective is named twice")
-        self.objectives = ("failure", *[o for o in self.objectives if o != "failure"])
-        bad = [k for k in self.kinds if k not in FAILURE_KINDS]
-        if bad or not self.kinds:
-            raise InvalidParams(f"unknown failure kind {', '.join(bad) or '(none)'}; "
-                                f"choose from {', '.join(FAILURE_KINDS)}")
-        for name in ("trials", "requests", "runs", "max_tokens", "confirm_top", "jobs"):
-            if getattr(self, name) < 1:
-                raise InvalidParams(f"--{name.replace('_', '-')} must be >= 1, "
-                                    f"got {getattr(self, name)}")
-        if self.confirm < 0:
-            raise InvalidParams(f"--confirm must be >= 0 (0 = skip), got {self.confirm}")
-        if self.sampler not in ("tpe", "random"):
-            raise InvalidParams(f"--sampler must be tpe or random, got {self.sampler!r}")
-        from degen.outcomes import check_horizon, check_share, default_horizon
-
-        self.horizon = check_horizon(self.horizon, self.max_tokens) \
-            if self.horizon is not None else default_horizon(self.max_tokens)
-        self.extend_share = check_share(self.extend_share)
-        from degen.store import check_out_dir
-
-        self.out = check_out_dir(Path(self.out))
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("space", "out")}
-        d["space"] = self.space.to_dict()
-        d["out"] = str(self.out)
-        d["storage"] = redact(self.storage_url)
-        return d
 
 
 # --------------------------------------------------------------------- the study
@@ -172,113 +111,17 @@ class Tuner:
         self.weights: tuple[float, ...] | None = None  # the stress plan's, with --stress
         self._storage: Any = None
 
-    # ---- storage
+    # ---- storage (see degen.experiments.tune.lifecycle)
     def open_study(self) -> Any:
-        import warnings
-
-        import optuna
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        cfg = self.cfg
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        for attempt in range(4):
-            try:
-                storage = storage_class()(
-                    cfg.storage_url, heartbeat_interval=5, grace_period=20,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                        max_retry=3),
-                    engine_kwargs={"pool_pre_ping": True})
-                self._storage = storage
-                break
-            except Exception as e:  # bad URL, unreachable server, missing driver
-                # workers started together on a new database race to create its tables;
-                # the loser sees a unique-key violation and succeeds a moment later
-                if "IntegrityError" in type(e).__name__ + str(e)[:200] and attempt < 3:
-                    time.sleep(0.5 + attempt)
-                    continue
-                raise UsageError(
-                    f"cannot open the study storage {redact(cfg.storage_url)}: "
-                    f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
-        sampler = (optuna.samplers.RandomSampler(seed=cfg.seed) if cfg.sampler == "random"
-                   else optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(
-                       6, max(2, cfg.trials // 2)), multivariate=True,
-                       constant_liar=cfg.jobs > 1 or cfg.storage is not None))
-        study = optuna.create_study(
-            storage=storage, study_name=cfg.study, sampler=sampler, load_if_exists=True,
-            directions=["minimize"] * len(cfg.objectives))
-        attrs = study.user_attrs
-        # jobs is left out: workers may run different numbers of trials at once
-        mine = {"objectives": list(cfg.objectives), "kinds": list(cfg.kinds),
-                "space": cfg.space.to_dict(), "requests": cfg.requests, "runs": cfg.runs,
-                "max_tokens": cfg.max_tokens, "horizon": cfg.horizon, "seed": cfg.seed,
-                "early_cut": cfg.early_cut,
-                "rate": cfg.rate, "arrivals": cfg.arrivals, "stress": cfg.stress}
-        if "degen" in attrs:
-            theirs = attrs["degen"]
-            diff = sorted(k for k in mine if theirs.get(k) != mine[k])
-            if diff:
-                raise UsageError(
-                    f"study {cfg.study!r} was started with other settings ({', '.join(diff)}); "
-                    "use the same flags, or another --study / --out")
-        else:
-            study.set_user_attr("degen", mine)
-            study.set_user_attr("engine", self.engine.describe())
-            study.set_user_attr("versions", versions())
-        self._fail_own_dead(study)
+        """The study (made, or joined with the same settings); its storage is kept for
+        :meth:`abandon`."""
+        study, self._storage = open_optuna_study(self.cfg, self.engine, self.log)
         return study
-
-    def _fail_own_dead(self, study: Any) -> None:
-        """Trials left RUNNING by a killed worker on this host are failed (and retried)
-        at once, rather than after the heartbeat's grace period."""
-        host = socket.gethostname()
-        for t in self._running(study):
-            w = str(t.user_attrs.get("worker", ""))
-            h, _, pid = w.rpartition(":")
-            if h != host or not pid.isdigit() or alive(int(pid)):
-                continue
-            if self._retry(study, t):
-                self.log(f"trial {t.number} of a killed worker (pid {pid}) will be retried")
 
     def abandon(self, study: Any) -> None:
         """This worker's running trials are failed and queued again with the same
         parameters (an interrupted study resumes them, and their records, next time)."""
-        from optuna.trial import TrialState
-
-        study._stop_flag = True  # Optuna's loop starts no further trial
-        started = self._storage.close() if self._storage is not None else set()
-        for t in self._running(study):
-            if t._trial_id in started or t.user_attrs.get("worker") == self.worker:
-                self._retry(study, t)
-        # the interrupt cancels a trial's requests at once, so Optuna may have failed
-        # one of ours (its objective raised Interrupted) before the loop above saw it
-        # running: queue those again too, once
-        retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(
-            deepcopy=False, states=(TrialState.WAITING,))}
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if t._trial_id in started and t.number not in retried:
-                self._retry(study, t)
-
-    @staticmethod
-    def _running(study: Any) -> list[Any]:
-        from optuna.trial import TrialState
-
-        return list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-    @staticmethod
-    def _retry(study: Any, t: Any) -> bool:
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-        from optuna.trial import TrialState
-
-        with contextlib.suppress(UpdateFinishedTrialError):  # Optuna ended it meanwhile
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        frozen = study._storage.get_trial(t._trial_id)
-        if frozen.state != TrialState.FAIL:  # it finished: keep it
-            return False
-        RetryHeartbeatStaleTrialCallback(max_retry=3)(study, frozen)
-        return True
+        abandon_trials(study, self._storage, self.worker)
 
     def _background(self, jobs: Sequence[Callable[[], Any]]) -> None:
         """Run ``jobs`` in threads while the main thread waits, waking often: Ctrl-C

@@ -18,7 +18,7 @@ from degen.records import Completion
 from degen.store import RECORDS, iter_records, settled
 
 if TYPE_CHECKING:  # pragma: no cover
-    from degen.experiments.tune.study import TuneConfig
+    from degen.experiments.tune.config import TuneConfig
 
 DEFAULTS_ARM = "baseline"
 
