@@ -98,7 +98,7 @@ def read_generation(c: Completion, continuations: Sequence[Completion], outcome:
     evidence), the generation then read as it was generated, to its cap (where a run
     stops it), not further. None when the record has no log-probabilities aligned with
     its text."""
-    from degen.detect.loop import prompt_text
+    from degen.detect.asked import prompt_text
     from degen.detect.watch import Watch, WatchConfig
 
     text, lps, chars, stops = _stream(c, () if cut else continuations)
