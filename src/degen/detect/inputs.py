@@ -116,7 +116,7 @@ def decode_line(path: str, n: int, raw: str) -> Completion:
 
 def decode_extended(continued: Mapping[str, Any], path: str, n: int, raw: str) -> Completion:
     """:func:`decode_line` for a run's records, with what their extensions found
-    (``continued``: :func:`degen.experiments.load.extend.parts` of ``extensions.jsonl``)."""
+    (``continued``: :func:`degen.outcomes.parts` of ``extensions.jsonl``)."""
     from degen.outcomes import with_outcome
 
     c = decode_line(path, n, raw)
