@@ -110,7 +110,7 @@ def scan_throughput(rows: list[dict[str, Any]], jobs: tuple[int, ...] = (1, 2)
 
 def real_loops(requests: int) -> dict[str, Any]:
     from degen.engines.local import LocalEngine
-    from degen.load.schedule import Plan
+    from degen.experiments.load.schedule import Plan
     from degen.prompts import load_prompts
     from degen.records import SamplingParams
 

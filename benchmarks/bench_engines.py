@@ -32,7 +32,7 @@ from degen.engines.base import Engine
 from degen.engines.hf import bundled_model_path
 from degen.engines.local import LocalEngine
 from degen.engines.openai import OpenAIEngine
-from degen.load.schedule import Plan
+from degen.experiments.load.schedule import Plan
 from degen.prompts import load_prompts
 from degen.records import SamplingParams
 

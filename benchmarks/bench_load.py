@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from degen.engines.openai import OpenAIEngine
-from degen.load.runner import run_load
-from degen.load.schedule import Plan
+from degen.experiments.load.runner import run_load
+from degen.experiments.load.schedule import Plan
 from degen.prompts import Prompt
 from degen.records import SamplingParams
 from degen.stats import percentile

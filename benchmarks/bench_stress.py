@@ -6,7 +6,7 @@ the minority) is measured three ways, with the watch's early cut on as in tune:
 1. **pilot**: a plain run of N requests (the suite's prompts in a seeded shuffle);
 2. **stress**: N requests drawn by the weights the pilot gives (risky prompts more
    often), reported as the stress suite's own rate and the original mix's
-   re-weighted estimate with its interval (:mod:`degen.stress`);
+   re-weighted estimate with its interval (:mod:`degen.measurement.stress`);
 3. **plain 4x**: 4N requests on the original mix with another seed.
 
 Goal: the plain run's rate falls inside the re-weighted interval; and the stress
@@ -25,13 +25,13 @@ from pathlib import Path
 
 from degen.detect.verdict import default_detectors
 from degen.engines.local import LocalEngine
-from degen.load.runner import run_load
-from degen.load.schedule import Plan
-from degen.measure import Measure
-from degen.progress import Progress, RichProgress
+from degen.experiments.load.runner import run_load
+from degen.experiments.load.schedule import Plan
+from degen.measurement.failure import Measure
+from degen.measurement.progress import Progress, RichProgress
+from degen.measurement.stress import reweighted, stress_weights
 from degen.prompts import load_prompts
 from degen.records import SamplingParams
-from degen.stress import reweighted, stress_weights
 
 
 def main() -> None:

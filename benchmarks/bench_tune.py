@@ -39,13 +39,13 @@ from typing import Any
 
 from degen.detect.verdict import default_detectors
 from degen.engines.local import LocalEngine
-from degen.load.runner import run_load
-from degen.load.schedule import Plan
-from degen.measure import Measure, paired, params_key
-from degen.progress import Forwarding, Progress, RichProgress
+from degen.experiments.load.runner import run_load
+from degen.experiments.load.schedule import Plan
+from degen.experiments.tune.space import Dim, SearchSpace, deviation, sampling_params
+from degen.experiments.tune.study import TuneConfig, Tuner, tune
+from degen.measurement.failure import Measure, paired, params_key
+from degen.measurement.progress import Forwarding, Progress, RichProgress
 from degen.prompts import load_prompts
-from degen.tune.space import Dim, SearchSpace, deviation, sampling_params
-from degen.tune.study import TuneConfig, Tuner, tune
 
 RANGES = {"temperature": (0.2, 1.3), "min_p": (0.0, 0.2), "repetition_penalty": (1.0, 1.3)}
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from degen.detect.verdict import default_detectors, judge
-from degen.load.extend import chosen, load_run
-from degen.measure import status
+from degen.measurement.failure import status
+from degen.outcomes import chosen, load_run
 from degen.stats import two_phase
 
 SHARES = (0.1, 0.25, 0.5)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from degen.detect.runaway import EVIDENCE
-from degen.detect.runaway_fit import L2, Generation, fit, read_runs, score, score_cuts
+from degen.measurement.runaway_fit import L2, Generation, fit, read_runs, score, score_cuts
 
 
 def half(g: Generation, seed: int) -> int:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                            "horizon": args.horizon, "generations": len(gens),
                            "train": len(train), "test": len(test), "test_capped": len(capped),
                            "weights_train": weights, "scores": {}}
-    from degen.detect.runaway_fit import predict
+    from degen.measurement.runaway_fit import predict
 
     def ended_judged(ev: str) -> dict[str, Any]:
         """Of the held-out generations that ended by the horizon, the share judged a
@@ -123,7 +123,7 @@ def write_fixture(path: Path, folders: list[Path], test: list[Generation], cap: 
     by ``horizon``) and half long answers, picked by a hash of their ids: each its
     record (log-probabilities, stopping evidence; token ids dropped) and
     ``known_outcome``."""
-    from degen.load.store import RECORDS, iter_records, settled
+    from degen.store import RECORDS, iter_records, settled
 
     def key(g: Generation) -> bytes:
         return hashlib.blake2b(g.request_id.encode(), digest_size=8).digest()

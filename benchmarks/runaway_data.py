@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 from degen.engines.local import LocalEngine
-from degen.load.extend import extend
-from degen.load.schedule import derive_seed
-from degen.load.store import RECORDS, RUN_JSON, AppendLog, settled, write_json_atomic
+from degen.experiments.load.extend import extend
+from degen.experiments.load.schedule import derive_seed
+from degen.experiments.tune.space import SCOPES, sampling_params
 from degen.prompts import load_prompts
 from degen.records import Completion, Request
-from degen.tune.space import SCOPES, sampling_params
+from degen.store import RECORDS, RUN_JSON, AppendLog, settled, write_json_atomic
 
 
 def draw(rng: random.Random, defaults_share: float) -> dict:

@@ -297,13 +297,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 def test_a_message_that_quotes_several_lines_is_printed_on_one(
         monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
     """A library's error quoted in degen's (transformers' are often several lines)."""
-    import degen.memory
+    import degen.diagnose.memory
     from degen.errors import InvalidParams
 
     def parse_size(text: str) -> int:
         raise InvalidParams(f"cannot read {text!r}:\n  the library says so\n; write 80GiB")
 
-    monkeypatch.setattr(degen.memory, "parse_size", parse_size)
+    monkeypatch.setattr(degen.diagnose.memory, "parse_size", parse_size)
     with pytest.raises(SystemExit) as e:
         main(["memory", "smollm2-135m-instruct", "--gpu-mem", "lots"])
     assert e.value.code == 2

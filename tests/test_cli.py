@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from degen.load.store import iter_records
 from degen.prompts import load_prompts
+from degen.store import iter_records
 from degen.testing.llamacpp import free_port
 
 DEGEN = str(Path(sys.executable).parent / "degen")

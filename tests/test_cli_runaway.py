@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from degen.load.extend import EXTENSIONS
-from degen.load.store import RunDir, write_json_atomic
+from degen.outcomes import EXTENSIONS
 from degen.records import Completion, SamplingParams
+from degen.store import RunDir, write_json_atomic
 from degen.testing.scripted import prose
 from tests.test_cli import DEGEN, degen
 

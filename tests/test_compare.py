@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from degen.compare import Arm, CompareConfig, check_arms, summarize_compare
 from degen.errors import InvalidParams, UsageError
+from degen.experiments.compare import Arm, CompareConfig, check_arms, summarize_compare
 from degen.records import Completion, SamplingParams
 from degen.stats import mcnemar_exact_p
 
@@ -149,7 +149,7 @@ def test_the_same_gguf_in_process_and_through_llamacpp(tmp_path: Path, llamacpp_
 
 
 def test_an_arms_engine_settings_reach_its_engine() -> None:
-    from degen.compare import arm_engine
+    from degen.experiments.compare import arm_engine
     from degen.testing.scripted import ScriptedServer
 
     with ScriptedServer(["ok"]) as srv:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from degen.doctor import Check, Diagnosis, check_rope, check_sampling_defaults, diagnose
+from degen.diagnose.doctor import Check, Diagnosis, check_rope, check_sampling_defaults, diagnose
 from degen.engines import hf
 
 DEGEN = str(Path(sys.executable).with_name("degen"))
@@ -139,8 +139,8 @@ def test_a_mask_that_lets_padding_be_attended_fails(folder: Path, tmp_path: Path
 
 
 def test_rope_scaling() -> None:
-    from degen.arch import Arch
-    from degen.model_presets import MODELS
+    from degen.diagnose.arch import Arch
+    from degen.diagnose.presets import MODELS
 
     assert check_rope(Arch.from_preset("llama-3.1-8b-instruct")).status == "pass"
     bare = dict(MODELS["llama-3.1-8b-instruct"], rope_scaling=None)
@@ -179,8 +179,8 @@ def test_a_checkpoint_loaders_misread_fails(folder: Path, tmp_path: Path) -> Non
     lm_head.weight and no architectures. transformers loads it; vLLM serves noise."""
     from safetensors.torch import save_file
 
-    from degen.checkpoint import check_checkpoint
-    from degen.doctor import load_pipeline
+    from degen.diagnose.checkpoint import check_checkpoint
+    from degen.diagnose.doctor import load_pipeline
 
     p = load_pipeline(str(folder))
     good = check_checkpoint(p.folder, p.config, p.model)
@@ -202,8 +202,8 @@ def test_weights_that_make_noise_fail_the_distribution_check(folder: Path) -> No
     next token over the whole vocabulary."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from degen.checkpoint import check_distribution, first_token_logprobs
-    from degen.doctor import PROMPTS
+    from degen.diagnose.checkpoint import check_distribution, first_token_logprobs
+    from degen.diagnose.doctor import PROMPTS
 
     torch.manual_seed(0)
     noise = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(folder)))
@@ -254,7 +254,7 @@ def test_cli_bad_input(args: list[str], message: str) -> None:
 
 # ---------------------------------------------------------------------- servers
 def test_server_that_stops_passes(llamacpp_server) -> None:
-    from degen.doctor import diagnose_server
+    from degen.diagnose.doctor import diagnose_server
 
     d = diagnose_server(llamacpp_server.base_url)
     c = by_name(d)

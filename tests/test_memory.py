@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from degen.arch import Arch
+from degen.diagnose.arch import Arch
+from degen.diagnose.memory import GIB, estimate, kv_bytes, parameters, parse_size, tokens_to_fill
+from degen.diagnose.presets import MODELS
 from degen.errors import InvalidParams, ModelNotFound
-from degen.memory import GIB, estimate, kv_bytes, parameters, parse_size, tokens_to_fill
-from degen.model_presets import MODELS
 
 DEGEN = str(Path(sys.executable).with_name("degen"))
 

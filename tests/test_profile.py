@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from degen.errors import InvalidParams
-from degen.profile import profile, reading
+from degen.experiments.profile import profile, reading
 from degen.records import Completion, SamplingParams
 
 DEGEN = str(Path(sys.executable).parent / "degen")

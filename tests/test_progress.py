@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from degen.progress import Progress, RichProgress
+from degen.measurement.progress import Progress, RichProgress
 from degen.records import Completion, SamplingParams
 
 

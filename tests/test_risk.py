@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from degen.measurement.risk import by_category, by_prompt, category_of, risk
+from degen.measurement.summary import summarize
 from degen.records import Completion, SamplingParams
-from degen.risk import by_category, by_prompt, category_of, risk
-from degen.summary import summarize
 
 
 def comp(pid: str, i: int, reason: str, text: str = "ok") -> Completion:

@@ -15,20 +15,20 @@ from degen.detect.watch import Watch, WatchConfig, watched
 from degen.engines.base import Engine
 from degen.engines.evidence import stop_evidence, stop_token_texts
 from degen.errors import InvalidParams
-from degen.load.extend import (
+from degen.experiments.load.extend import extend
+from degen.measurement.failure import Measure, is_failure, status
+from degen.outcomes import (
     EXTENSIONS,
     Outcome,
     check_horizon,
     check_share,
     chosen,
-    extend,
     load_run,
     outcomes,
 )
-from degen.load.store import RunDir
-from degen.measure import Measure, is_failure, status
 from degen.records import Completion, Request, SamplingParams, Timings
 from degen.stats import kaplan_meier, two_phase
+from degen.store import RunDir
 
 
 def comp(rid: str, finish: str = "length", tokens: int = 100, verdict: dict | None = None,

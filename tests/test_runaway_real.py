@@ -19,8 +19,8 @@ import pytest
 
 from degen.detect.loop import prompt_text
 from degen.detect.watch import Watch, WatchConfig, stop_evidence_of, watched
-from degen.load.extend import Outcome
-from degen.measure import status
+from degen.measurement.failure import status
+from degen.outcomes import Outcome
 from degen.records import Completion
 
 CORPUS = Path(__file__).parent / "corpus"

@@ -16,12 +16,12 @@ import pytest
 
 from degen.engines.base import Engine
 from degen.errors import InputFileError, OutputDirError
-from degen.load.runner import run_load
-from degen.load.schedule import Plan
-from degen.load.store import RunDir, iter_records
+from degen.experiments.load.runner import run_load
+from degen.experiments.load.schedule import Plan
+from degen.measurement.summary import summarize
 from degen.prompts import load_prompts
 from degen.records import Completion, Request, SamplingParams, Timings
-from degen.summary import summarize
+from degen.store import RunDir, iter_records
 
 
 class ScriptedEngine(Engine):

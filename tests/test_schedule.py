@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from degen.errors import InvalidParams
-from degen.load.schedule import Plan, derive_seed, parse_rate
+from degen.experiments.load.schedule import Plan, derive_seed, parse_rate
 from degen.prompts import load_prompts
 from degen.records import SamplingParams
 

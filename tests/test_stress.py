@@ -10,10 +10,10 @@ import statistics
 import pytest
 
 from degen.errors import InvalidParams
-from degen.load.schedule import Plan
+from degen.experiments.load.schedule import Plan
+from degen.measurement.stress import reweighted, stress_weights
 from degen.prompts import Prompt
 from degen.records import Completion, SamplingParams
-from degen.stress import reweighted, stress_weights
 
 PROMPTS = [Prompt(f"p-{i}", text=f"prompt {i}") for i in range(20)]
 # rare failures overall, concentrated on three prompts: the case stress testing is for

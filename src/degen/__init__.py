@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from degen import _compat
+
+_compat.install()
+
 _EXPORTS = {
     "DegenError": "degen.errors",
     "UsageError": "degen.errors",
@@ -26,30 +30,30 @@ _EXPORTS = {
     "register_engine": "degen.engines.base",
     "Prompt": "degen.prompts",
     "load_prompts": "degen.prompts",
-    "Plan": "degen.load.schedule",
-    "parse_rate": "degen.load.schedule",
-    "run_load": "degen.load.runner",
-    "iter_records": "degen.load.store",
-    "summarize": "degen.summary",
-    "Arm": "degen.compare",
-    "CompareConfig": "degen.compare",
-    "run_compare": "degen.compare",
+    "Plan": "degen.experiments.load.schedule",
+    "parse_rate": "degen.experiments.load.schedule",
+    "run_load": "degen.experiments.load.runner",
+    "iter_records": "degen.store",
+    "summarize": "degen.measurement.summary",
+    "Arm": "degen.experiments.compare",
+    "CompareConfig": "degen.experiments.compare",
+    "run_compare": "degen.experiments.compare",
     "wilson_interval": "degen.stats",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from degen.compare import Arm, CompareConfig, run_compare  # noqa: F401
     from degen.engines.base import Engine, available_engines, create_engine, register_engine  # noqa: F401
     from degen.errors import DegenError, UsageError  # noqa: F401
-    from degen.load.runner import run_load  # noqa: F401
-    from degen.load.schedule import Plan, parse_rate  # noqa: F401
-    from degen.load.store import iter_records  # noqa: F401
+    from degen.experiments.compare import Arm, CompareConfig, run_compare  # noqa: F401
+    from degen.experiments.load.runner import run_load  # noqa: F401
+    from degen.experiments.load.schedule import Plan, parse_rate  # noqa: F401
+    from degen.measurement.summary import summarize  # noqa: F401
     from degen.prompts import Prompt, load_prompts  # noqa: F401
     from degen.records import Completion, Request, SamplingParams, Timings  # noqa: F401
     from degen.stats import wilson_interval  # noqa: F401
-    from degen.summary import summarize  # noqa: F401
+    from degen.store import iter_records  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -32,12 +32,13 @@ Semantics worth pinning down (engines follow these; see docs/parameters.md):
   Ctrl-C; its partial text and tokens are kept, it is neither a failure nor a success,
   and a resumed run sends it again). A *failure* is a runaway (it would not end by the
   horizon: known by extension, or predicted) or a degenerate kind; reaching the cap
-  is not one by itself (see :mod:`degen.measure`).
+  is not one by itself (see :mod:`degen.measurement.failure`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -199,7 +200,7 @@ class Request:
     run: int = 0
     index: int = 0
     scheduled_at: float | None = None
-    #: an extension (see :mod:`degen.load.extend`): the tokens (and their text) already
+    #: an extension (see :mod:`degen.experiments.load.extend`): the tokens (and their text) already
     #: generated for this prompt, to be continued, not repeated; ``params.max_tokens``
     #: then counts them too (the horizon), and the answer holds only the new tokens
     continuation_ids: tuple[int, ...] | None = None
@@ -315,7 +316,7 @@ class Completion:
     @property
     def is_capped(self) -> bool:
         """Reached ``max_tokens`` (or the context) without an end token (whether it
-        would have ended later is what :func:`degen.measure.status` says)."""
+        would have ended later is what :func:`degen.measurement.failure.status` says)."""
         return self.finish_reason == "length"
 
     @property
@@ -380,3 +381,9 @@ class Completion:
     @classmethod
     def from_json(cls, line: str) -> Completion:
         return cls.from_dict(json.loads(line))
+
+
+def derive_seed(seed: int, *parts: int | str) -> int:
+    """A 63-bit seed from ``seed`` and ``parts``, stable across Python versions."""
+    h = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") >> 1

@@ -12,7 +12,7 @@ from dataclasses import replace
 from degen.detect.loop import LoopDetector
 from degen.detect.metrics import distinct_n, seq_rep_n
 from degen.engines.local import LocalEngine
-from degen.load.schedule import Plan
+from degen.experiments.load.schedule import Plan
 from degen.prompts import load_prompts
 from degen.records import SamplingParams
 

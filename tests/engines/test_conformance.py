@@ -10,7 +10,7 @@ import pytest
 
 from degen.engines.base import Engine
 from degen.engines.openai import OpenAIEngine
-from degen.measure import is_failure
+from degen.measurement.failure import is_failure
 from degen.records import Request, SamplingParams
 
 COUNT = ({"role": "user", "content": "List the numbers from 1 to 12, separated by commas."},)

@@ -14,8 +14,8 @@ import torch
 from degen.engines import hf
 from degen.engines.local import LocalEngine
 from degen.errors import ModelNotFound
-from degen.load.schedule import Plan
-from degen.measure import is_failure
+from degen.experiments.load.schedule import Plan
+from degen.measurement.failure import is_failure
 from degen.prompts import load_prompts
 from degen.records import Request, SamplingParams
 

@@ -19,7 +19,7 @@ from degen.engines.openai import (
     unsupported_fields,
 )
 from degen.errors import InvalidParams, ServerUnreachable, UsageError
-from degen.measure import is_failure
+from degen.measurement.failure import is_failure
 from degen.records import Request, SamplingParams
 from degen.testing.llamacpp import free_port
 from degen.testing.scripted import OK_TEXT, ScriptedServer

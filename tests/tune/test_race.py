@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import random
 
+from degen.experiments.tune.race import Race, outcomes, worse_p
 from degen.records import Completion, SamplingParams
-from degen.tune.race import Race, outcomes, worse_p
 
 
 def comp(i: int, failed: bool, reason: str | None = None) -> Completion:

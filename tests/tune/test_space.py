@@ -6,10 +6,7 @@ from __future__ import annotations
 import pytest
 
 from degen.errors import InvalidParams
-from degen.measure import Measure, paired
-from degen.prompts import Prompt
-from degen.records import Completion, SamplingParams
-from degen.tune.space import (
+from degen.experiments.tune.space import (
     PRESETS,
     SearchSpace,
     inert_knobs,
@@ -17,7 +14,10 @@ from degen.tune.space import (
     sampling_params,
     with_system,
 )
-from degen.tune.study import TuneConfig
+from degen.experiments.tune.study import TuneConfig
+from degen.measurement.failure import Measure, paired
+from degen.prompts import Prompt
+from degen.records import Completion, SamplingParams
 
 
 def test_seed_000_preset_is_the_published_ranges() -> None:

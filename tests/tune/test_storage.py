@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from degen.tune.storage import locked as _locked
-from degen.tune.storage import storage_class as _storage_class
+from degen.experiments.tune.storage import locked as _locked
+from degen.experiments.tune.storage import storage_class as _storage_class
 
 
 @pytest.mark.parametrize("fixed", [True, False])
@@ -78,9 +78,9 @@ def test_ctrl_c_queues_again_a_trial_started_before_its_worker_was_named(
     import optuna
     from optuna.trial import TrialState
 
-    from degen.tune.space import SearchSpace
-    from degen.tune.storage import Interrupted
-    from degen.tune.study import TuneConfig, Tuner
+    from degen.experiments.tune.space import SearchSpace
+    from degen.experiments.tune.storage import Interrupted
+    from degen.experiments.tune.study import TuneConfig, Tuner
 
     class Engine:
         def describe(self) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from degen.load.store import iter_records
+from degen.store import iter_records
 
 DEGEN = str(Path(sys.executable).with_name("degen"))
 TINY = ["--requests", "4", "--max-tokens", "40", "--batch-size", "4", "--quiet",

@@ -50,14 +50,14 @@ def compare(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     report: Annotated[bool, typer.Option(help="Write the HTML report at the end.")] = True,
 ) -> None:
-    from degen.compare import Arm, CompareConfig, check_arms, run_compare
     from degen.detect.verdict import default_detectors
     from degen.errors import UsageError
-    from degen.load.schedule import ARRIVALS, parse_rate
-    from degen.measure import FAILURE_KINDS
-    from degen.progress import Progress, RichProgress
+    from degen.experiments.compare import Arm, CompareConfig, check_arms, run_compare
+    from degen.experiments.load.schedule import ARRIVALS, parse_rate
+    from degen.measurement.failure import FAILURE_KINDS
+    from degen.measurement.progress import Progress, RichProgress
     from degen.prompts import load_prompts
-    from degen.report_compare import verdict, write_compare_report
+    from degen.reports.compare import verdict, write_compare_report
 
     # everything that can be wrong with the input is checked before anything is written
     arms = [Arm.parse(a) for a in arm]
@@ -129,7 +129,7 @@ def print_compare(s: dict[str, Any]) -> None:
         typer.echo(f"{a['name']:<16} {rate:<28} {a['n']:>4} {a['runaways']:>9} "
                    f"{a['capped']:>7} {a['long']:>5} {a['degenerate']:>6} {tpr:>10} {p50:>7}")
     cfg = s["config"]
-    from degen.measure import how_known
+    from degen.measurement.failure import how_known
 
     known = sum(a["runaways_known"] for a in s["arms"])
     total = sum(a["runaways"] for a in s["arms"])

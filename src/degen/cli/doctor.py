@@ -1,4 +1,4 @@
-"""``degen doctor [MODEL]``: diagnose a generation pipeline (:mod:`degen.doctor`)."""
+"""``degen doctor [MODEL]``: diagnose a generation pipeline (:mod:`degen.diagnose.doctor`)."""
 
 from __future__ import annotations
 
@@ -51,14 +51,14 @@ def doctor(
             typer.echo(f"doctor: {step}...", err=True)
 
     if base_url:
-        from degen.doctor import diagnose_server
+        from degen.diagnose.doctor import diagnose_server
         from degen.engines.openai import normalize_base_url
 
         base_url = normalize_base_url(base_url)  # a malformed URL fails before any line
         say("asking the server")
         d = diagnose_server(base_url, model=server_model, api_key=api_key)
     else:
-        from degen.doctor import diagnose
+        from degen.diagnose.doctor import diagnose
         from degen.engines.hf import resolve_model
 
         resolve_model(model)  # a bad path fails here, before torch is imported

@@ -49,11 +49,11 @@ def _runs(folder: Path, kind: str) -> list[Path]:
     if kind == "run":
         return [folder]
     if kind == "compare":
-        from degen.report_compare import load_compare
+        from degen.reports.compare import load_compare
 
         return [folder / "arms" / a["name"] for a in load_compare(folder)["arms"]]
-    from degen.measure import params_key
-    from degen.report import load_summary
+    from degen.measurement.failure import params_key
+    from degen.reports.tune import load_summary
 
     conf = load_summary(folder).get("confirmation") or {}
     return [folder / "confirm" / params_key(a["values"]) for a in conf.get("arms", {}).values()]
@@ -74,9 +74,9 @@ def extend_cmd(
 ) -> None:
     from degen.engines.base import engine_from_description
     from degen.errors import UsageError
-    from degen.load.extend import check_horizon, check_share, default_horizon, extend
-    from degen.load.store import RunDir, iter_records, settled
-    from degen.progress import Progress, RichProgress
+    from degen.experiments.load.extend import check_horizon, check_share, default_horizon, extend
+    from degen.measurement.progress import Progress, RichProgress
+    from degen.store import RunDir, iter_records, settled
 
     o.check_positive("--concurrency", concurrency)
     kind = _kind(folder)
@@ -141,8 +141,8 @@ def _summarize(folder: Path, kind: str, horizon: int, share: float, sent: int,
                json_out: bool) -> None:
     if kind == "run":
         from degen.cli.run import print_summary
-        from degen.load.extend import load_run
-        from degen.summary import summarize
+        from degen.experiments.load.extend import load_run
+        from degen.measurement.summary import summarize
 
         s = summarize(load_run(folder), out=str(folder), horizon=horizon, extend_share=share)
         s.update(horizon=horizon, extended_to=horizon, extend_share=share, continuations=sent)
@@ -153,8 +153,8 @@ def _summarize(folder: Path, kind: str, horizon: int, share: float, sent: int,
         return
     if kind == "compare":
         from degen.cli.compare import print_compare
-        from degen.compare import refresh_compare
-        from degen.report_compare import write_compare_report
+        from degen.experiments.compare import refresh_compare
+        from degen.reports.compare import write_compare_report
 
         s = refresh_compare(folder, horizon, share)
         path = write_compare_report(folder)
@@ -164,8 +164,8 @@ def _summarize(folder: Path, kind: str, horizon: int, share: float, sent: int,
             print_compare(s)
             typer.echo(f"report: {path}")
         return
-    from degen.report import headline, runaway_headline, write_report
-    from degen.tune.summary import refresh
+    from degen.experiments.tune.summary import refresh
+    from degen.reports.tune import headline, runaway_headline, write_report
 
     s = refresh(folder, horizon, share)
     path = write_report(folder)
@@ -188,9 +188,9 @@ def fit_runaway_cmd(
         help="The horizon the fit is scored at (default: the longest the extensions "
         "followed).", show_default=False)] = None,
 ) -> None:
-    from degen.detect.runaway_fit import fit_report
     from degen.errors import UsageError
-    from degen.load.store import check_out_file, write_json_atomic
+    from degen.measurement.runaway_fit import fit_report
+    from degen.store import check_out_file, write_json_atomic
 
     for f in folders:
         if not (f / "records.jsonl").is_file():

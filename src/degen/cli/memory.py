@@ -1,5 +1,5 @@
 """``degen memory MODEL``: parameters, weight and KV cache bytes, and what a runaway
-costs (:mod:`degen.memory`)."""
+costs (:mod:`degen.diagnose.memory`)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def memory(
     ] = 70.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    from degen.arch import Arch
-    from degen.memory import estimate, parse_size, render
+    from degen.diagnose.arch import Arch
+    from degen.diagnose.memory import estimate, parse_size, render
 
     mem = parse_size(gpu_mem) if gpu_mem is not None else None
     m = estimate(Arch.load(model), dtype=dtype, kv_dtype=kv_dtype, context=context,

@@ -154,7 +154,7 @@ def runaway_settings(horizon: int | None, extend_share: float | None, max_tokens
     to or None, the share to extend, the predictor's weights or None), checked."""
     from degen.detect.runaway import check_weights
     from degen.detect.runaway_weights import load_weights
-    from degen.load.extend import check_horizon, check_share, default_horizon
+    from degen.outcomes import check_horizon, check_share, default_horizon
 
     h = check_horizon(horizon, max_tokens) if horizon is not None \
         else default_horizon(max_tokens)

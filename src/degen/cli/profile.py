@@ -41,8 +41,8 @@ def profile_cmd(
 ) -> None:
     from degen.detect.inputs import read_completions
     from degen.errors import UsageError
-    from degen.load.store import check_out_dir
-    from degen.profile import profile, reading, write_csv, write_plots
+    from degen.experiments.profile import profile, reading, write_csv, write_plots
+    from degen.store import check_out_dir
 
     if not records and not model:
         raise UsageError("give records files to profile, or --model to generate "
@@ -72,8 +72,8 @@ def _generate(model: str, out: Path, requests: int, max_tokens: int, temperature
               batch_size: int):
     from degen.detect.verdict import default_detectors
     from degen.engines.local import LocalEngine
-    from degen.load.runner import run_load
-    from degen.load.schedule import Plan
+    from degen.experiments.load.runner import run_load
+    from degen.experiments.load.schedule import Plan
     from degen.prompts import load_prompts
     from degen.records import SamplingParams
 

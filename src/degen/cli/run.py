@@ -76,14 +76,14 @@ def run(
     from degen.detect.verdict import default_detectors
     from degen.engines import create_engine
     from degen.errors import UsageError
-    from degen.load.runner import run_load
-    from degen.load.schedule import Plan, parse_rate
-    from degen.load.store import check_out_dir
-    from degen.progress import Progress, RichProgress
+    from degen.experiments.load.runner import run_load
+    from degen.experiments.load.schedule import Plan, parse_rate
+    from degen.measurement.progress import Progress, RichProgress
+    from degen.measurement.risk import prompt_categories
+    from degen.measurement.summary import summarize
     from degen.prompts import load_prompts
     from degen.records import SamplingParams
-    from degen.risk import prompt_categories
-    from degen.summary import summarize
+    from degen.store import check_out_dir
 
     # Everything that can be wrong with the input is checked before anything is written.
     params = SamplingParams(
@@ -204,7 +204,7 @@ def print_summary(s: dict[str, Any]) -> None:
 
 def runaway_line(s: dict[str, Any]) -> str:
     """How many would not end by the horizon, and how that is known."""
-    from degen.measure import how_known
+    from degen.measurement.failure import how_known
 
     h = s.get("horizon")
     by = f" by {h:,} tokens" if h else ""
@@ -220,7 +220,7 @@ def runaway_line(s: dict[str, Any]) -> str:
 
 def print_risk(s: dict[str, Any], top: int = 5) -> None:
     """The categories and prompts that fail most, with an excerpt of each prompt's."""
-    from degen.risk import format_rows
+    from degen.measurement.risk import format_rows
 
     cats = format_rows(s.get("by_category") or [], "category", top)
     if not cats:

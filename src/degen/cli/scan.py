@@ -11,7 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from degen.detect.inputs import Source
-    from degen.progress import VerdictProgress
+    from degen.measurement.progress import VerdictProgress
 
 HELP = """Judge completions in a file: capped, runaway, loop, spacing, gibberish.
 
@@ -78,7 +78,7 @@ def _write(out: TextIO, verdict: dict[str, Any]) -> None:
 
 def _progress(src: Source, total: int | None, fmt: str) -> VerdictProgress:
     """A bar on stderr when it is a terminal, and stdout is not one showing verdicts."""
-    from degen.progress import RichVerdictProgress, VerdictProgress
+    from degen.measurement.progress import RichVerdictProgress, VerdictProgress
 
     if not sys.stderr.isatty() or (fmt == "jsonl" and sys.stdout.isatty()):
         return VerdictProgress(total)

@@ -118,13 +118,13 @@ def tune(
     from degen.detect.verdict import default_detectors
     from degen.engines import create_engine
     from degen.errors import InvalidParams
-    from degen.load.schedule import ARRIVALS, parse_rate
-    from degen.progress import Progress, RichProgress
+    from degen.experiments.load.schedule import ARRIVALS, parse_rate
+    from degen.experiments.tune.space import SearchSpace, inert_knobs
+    from degen.experiments.tune.study import TuneConfig
+    from degen.experiments.tune.study import tune as run_tune
+    from degen.measurement.progress import Progress, RichProgress
     from degen.prompts import load_prompts
-    from degen.report import headline, runaway_headline, write_report
-    from degen.tune.space import SearchSpace, inert_knobs
-    from degen.tune.study import TuneConfig
-    from degen.tune.study import tune as run_tune
+    from degen.reports.tune import headline, runaway_headline, write_report
 
     # everything that can be wrong with the input is checked before anything is written
     space_ = SearchSpace.build(None if preset == "none" else preset, space, param or ())
@@ -234,8 +234,8 @@ def _stress(s: dict[str, Any]) -> dict[str, Any] | None:
 def report_cmd(
     folder: Annotated[Path, typer.Argument(help="A degen tune output folder.")],
 ) -> None:
-    from degen.report import write_report
-    from degen.report_compare import write_compare_report
+    from degen.reports.compare import write_compare_report
+    from degen.reports.tune import write_report
 
     if (folder / "compare.json").exists() and not (folder / "tune.json").exists():
         typer.echo(str(write_compare_report(folder)))

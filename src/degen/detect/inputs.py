@@ -116,8 +116,8 @@ def decode_line(path: str, n: int, raw: str) -> Completion:
 
 def decode_extended(continued: Mapping[str, Any], path: str, n: int, raw: str) -> Completion:
     """:func:`decode_line` for a run's records, with what their extensions found
-    (``continued``: :func:`degen.load.extend.parts` of ``extensions.jsonl``)."""
-    from degen.load.extend import with_outcome
+    (``continued``: :func:`degen.outcomes.parts` of ``extensions.jsonl``)."""
+    from degen.outcomes import with_outcome
 
     c = decode_line(path, n, raw)
     return with_outcome(c, continued.get(c.request_id, ()))
@@ -233,7 +233,7 @@ def open_completions(path: Path | str) -> Source:
 
 def _continuations(path: Path) -> dict[str, Any] | None:
     """The extensions of the run whose records ``path`` holds, when there are any."""
-    from degen.load.extend import EXTENSIONS, parts, read_extensions
+    from degen.outcomes import EXTENSIONS, parts, read_extensions
 
     if not (path.parent / EXTENSIONS).is_file():
         return None

@@ -39,22 +39,26 @@ what the stream saw. With them comes the *stopping evidence* (``stop_evidence``,
 default): 20 alternatives a token, from which the probability the model gave to
 ending is read (:mod:`degen.engines.evidence`; ``extra["stop_logprobs"]`` and
 ``extra["stop_upper"]``). A server that ignores the request still works (text-only
-watch). A continuation (an extension, :mod:`degen.load.extend`) is sent as the text so
+watch). A continuation (an extension, :mod:`degen.experiments.load.extend`) is sent as the text so
 far (:func:`build_body`) and never cut.
 
 Failures: connection errors, timeouts, 429 and 5xx are retried with exponential
 backoff (honouring ``Retry-After``); what still fails, and every 4xx, becomes a
 Completion with ``finish_reason="error"``.
+
+This module holds the engine: discovery, the request loop and its retries. What
+each dialect sends is :mod:`degen.engines.openai_dialects`; reading the server's
+answer (server-sent events, chunks, log-probabilities and stopping evidence) is
+:mod:`degen.engines.openai_response`. Their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -63,33 +67,32 @@ from degen.engines.base import Engine
 from degen.engines.evidence import (
     STOP_TOP_LOGPROBS,
     TOP_LOGPROBS,
-    logprob_fields,
-    stop_evidence,
     stop_token_texts,
-    token_logprobs,
+)
+from degen.engines.evidence import logprob_fields as logprob_fields
+from degen.engines.evidence import stop_evidence as stop_evidence
+from degen.engines.evidence import token_logprobs as token_logprobs
+from degen.engines.openai_dialects import (
+    _FINISH,
+    _OWNED_BY,
+    APIS,
+    DIALECTS,
+    build_body,
+    unsupported_fields,
+)
+from degen.engines.openai_dialects import DETECTION_FIELDS as DETECTION_FIELDS
+from degen.engines.openai_dialects import repetition_detection as repetition_detection
+from degen.engines.openai_response import SSEData as SSEData
+from degen.engines.openai_response import (
+    StreamReader,
+    _error_detail,
+    _Fatal,
+    _Retryable,
+    _sse_payloads,
+    read_reply,
 )
 from degen.errors import InvalidParams, ServerUnreachable, UsageError
 from degen.records import Completion, Request, SamplingParams, Timings
-
-DIALECTS = ("auto", "vllm", "llamacpp", "openai")
-APIS = ("auto", "chat", "completions")
-_OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "me": "llamacpp", "llama.cpp": "llamacpp"}
-_FINISH = {"stop": "stop", "eos": "stop", "eos_token": "stop", "stop_sequence": "stop",
-           "tool_calls": "stop", "function_call": "stop", "content_filter": "stop",
-           "length": "length", "max_tokens": "length", "repetition": "repetition",
-           "degenerate": "degenerate", "runaway": "runaway"}
-
-
-class _Retryable(Exception):
-    """A failure worth another try (transport error, timeout, 429, 5xx)."""
-
-    def __init__(self, msg: str, retry_after: float | None = None) -> None:
-        super().__init__(msg)
-        self.retry_after = retry_after
-
-
-class _Fatal(Exception):
-    """A failure another try will not fix (4xx, malformed response)."""
 
 
 def normalize_base_url(url: str) -> str:
@@ -101,94 +104,6 @@ def normalize_base_url(url: str) -> str:
         url += "/v1"
     return url
 
-
-def unsupported_fields(params: SamplingParams, dialect: str) -> dict[str, str]:
-    """Fields of ``params`` a server of ``dialect`` will not apply, with the reason."""
-    out: dict[str, str] = {}
-    if params.no_repeat_ngram_size:
-        out["no_repeat_ngram_size"] = f"the {dialect} API has no such parameter"
-    if dialect == "openai":
-        for name, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0)):
-            if getattr(params, name) != off:
-                out[name] = "not a standard OpenAI parameter (use --dialect vllm or llamacpp)"
-    if params.repetition_min_count and dialect != "vllm":
-        out["repetition_min_count"] = ("only vLLM stops a repeating generation itself "
-                                       "(repetition_detection)")
-    if params.repetition_penalty != 1.0 and dialect in ("vllm", "llamacpp"):
-        if params.repetition_penalty_scope != "prompt+output":
-            out["repetition_penalty_scope"] = f"{dialect} always penalizes prompt tokens too"
-        if not params.penalize_eot:
-            out["penalize_eot"] = f"{dialect} cannot exempt end-of-turn tokens"
-    return out
-
-
-# vLLM's repetition_detection keys -> the SamplingParams fields that carry them
-DETECTION_FIELDS = {"max_pattern_size": "repetition_max_pattern",
-                    "min_pattern_size": "repetition_min_pattern",
-                    "min_count": "repetition_min_count"}
-
-
-def repetition_detection(params: SamplingParams) -> dict[str, int]:
-    """vLLM's ``repetition_detection`` request field for ``params`` (when
-    ``repetition_min_count`` is on): stop once the output ends in one pattern of
-    ``min_pattern_size``..``max_pattern_size`` tokens repeated ``min_count`` times."""
-    return {key: getattr(params, name) for key, name in DETECTION_FIELDS.items()}
-
-
-def build_body(request: Request, model: str, dialect: str, api: str,
-               stream: bool, logprobs: bool = False, top: int = TOP_LOGPROBS
-               ) -> tuple[str, dict[str, Any]]:
-    """The endpoint path and JSON body for ``request``; ``logprobs`` asks for the
-    sampled tokens' log-probabilities and ``top`` alternatives (:func:`logprob_fields`).
-
-    A continuation (an extension) sends the text so far after the prompt: raw
-    prompts on the completions API as one prompt, chat requests as a final assistant
-    message that vLLM continues (``continue_final_message``); ``max_tokens`` is what
-    is left of the horizon."""
-    p = request.params
-    if api == "auto":
-        api = "chat" if request.messages is not None else "completions"
-    body: dict[str, Any] = {"model": model}
-    so_far = request.continuation_text if request.continued else None
-    if api == "chat":
-        if request.messages is None:
-            raise _Fatal("raw 'prompt' requests need the completions API (--api completions "
-                         "or --api auto)")
-        body["messages"] = [dict(m) for m in request.messages]
-        if so_far is not None:
-            if dialect != "vllm":
-                raise _Fatal(f"continuing a chat answer needs a server that can continue "
-                             f"the last assistant message (vLLM); the {dialect} dialect "
-                             "cannot: extend raw prompts on the completions API instead")
-            body["messages"].append({"role": "assistant", "content": so_far})
-            body.update(continue_final_message=True, add_generation_prompt=False)
-        path = "/chat/completions"
-    else:
-        if request.prompt is None:
-            raise _Fatal("chat 'messages' requests need the chat API (--api chat or auto)")
-        body["prompt"] = request.prompt + (so_far or "")
-        path = "/completions"
-    body.update(
-        max_tokens=p.max_tokens - request.continued, temperature=p.temperature, top_p=p.top_p,
-        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
-    )
-    if p.seed is not None:
-        body["seed"] = p.seed
-    if p.stop:
-        body["stop"] = list(p.stop)
-    if dialect == "vllm":
-        body.update(top_k=p.top_k if p.top_k > 0 else -1, min_p=p.min_p,
-                    repetition_penalty=p.repetition_penalty)
-        if p.repetition_min_count:
-            body["repetition_detection"] = repetition_detection(p)
-    elif dialect == "llamacpp":
-        body.update(top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repetition_penalty)
-    if logprobs:
-        body.update(logprob_fields(api == "chat", top))
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return path, body
 
 
 class OpenAIEngine(Engine):
@@ -450,36 +365,18 @@ class OpenAIEngine(Engine):
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         except ValueError:
             raise _Fatal("the server's response is not JSON") from None
-        try:
-            choice = data["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise _Fatal(f"the server's response has no choices: {str(data)[:200]}") from None
-        text = (choice.get("message") or {}).get("content") if "message" in choice \
-            else choice.get("text")
-        lp = choice.get("logprobs")
-        return {"text": text or "", "finish_reason": choice.get("finish_reason"),
-                "usage": data.get("usage"), "logprobs": token_logprobs(lp) or [],
-                "stops": stop_evidence(lp, self.stop_texts) if self.stop_evidence else None}
+        return read_reply(data, self.stop_evidence, self.stop_texts)
 
     def _stream(self, path: str, body: dict[str, Any],
                 cancel: threading.Event | None = None, watch: bool = True) -> dict[str, Any]:
-        parts: list[str] = []
-        finish: str | None = None
-        usage: dict[str, Any] | None = None
-        first: float | None = None
-        chunks = 0
-        done = False
-        cut: dict[str, Any] | None = None
-        cut_kind = ""
-        lps: list[float] = []
-        stops: list[tuple[float, bool]] | None = [] if self.stop_evidence else None
-        lp_chars: list[int] | None = []  # text each token brought (None: not aligned)
         w = None
         if self.guard and watch:
-            from degen.detect.watch import CUT_REASON, stream_watch
+            from degen.detect.watch import stream_watch
 
             w = stream_watch(body.get("messages"), body.get("prompt"), body["max_tokens"],
                              self.model, self.horizon, self.runaway_weights)
+        reader = StreamReader(self.logprobs, self.stop_evidence, self.stop_texts, w,
+                              self.cut_kinds)
         try:
             with self._client.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
@@ -487,113 +384,16 @@ class OpenAIEngine(Engine):
                     self._check_status(r)
                 for payload in _sse_payloads(r.iter_lines()):
                     if cancel is not None and cancel.is_set():  # closing aborts it
-                        return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
-                    if payload == "[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunk = json.loads(payload)
-                    except ValueError:
-                        raise _Fatal(f"malformed server-sent event: {payload[:120]!r}") from None
-                    if not isinstance(chunk, dict):
-                        raise _Fatal(f"malformed server-sent event: {payload[:120]!r}")
-                    if "error" in chunk and not chunk.get("choices"):
-                        raise _Fatal(f"the server reported an error mid-stream: "
-                                     f"{str(chunk['error'])[:200]}")
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        piece = delta.get("content") if "delta" in choice else choice.get("text")
-                        lp = choice.get("logprobs") if self.logprobs else None
-                        got = token_logprobs(lp) if lp is not None else None
-                        if got:
-                            lps.extend(got)
-                            if lp_chars is not None:
-                                lp_chars.extend([len(piece or "")] + [0] * (len(got) - 1))
-                            if stops is not None:
-                                ev = stop_evidence(lp, self.stop_texts)
-                                if ev is not None and len(ev) == len(got):
-                                    stops.extend(ev)
-                                else:
-                                    stops = None  # not aligned: keep none
-                        elif piece:
-                            lp_chars = None  # text without log-probabilities
-                        if piece:
-                            if first is None:
-                                first = time.time()
-                            parts.append(piece)
-                            chunks += 1
-                        ev_now = stops[-len(got):] if got and stops is not None else None
-                        if w is not None and cut is None and (piece or got) and \
-                                w.feed(piece or "", got, ev_now) is not None:
-                            f = w.first_of(self.cut_kinds)
-                            if f is not None:
-                                cut, cut_kind = f.to_dict(), f.kind
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                    if cut is not None:
-                        if finish is not None:  # it ended in this very chunk: nothing
-                            cut = None  # was cut (as in the local engine, its end wins)
-                            continue
-                        finish = CUT_REASON[cut_kind]  # leaving the block closes the
-                        break  # connection: vLLM and llama.cpp abort the request
+                        return reader.cancelled()
+                    if reader.feed(payload):  # [DONE], or cut: leaving the block closes
+                        break  # the connection: vLLM and llama.cpp abort the request
         except httpx.TransportError as e:
             broken = f"{type(e).__name__} during the stream: {e}"
         else:
-            broken = "" if done or finish is not None else \
+            broken = "" if reader.ended else \
                 "the stream ended before a finish_reason or [DONE]"
         if broken:
             if cancel is not None and cancel.is_set():  # we closed it (abort.py)
-                return {"cancelled": True, "text": "".join(parts), "chunks": chunks}
+                return reader.cancelled()
             raise _Retryable(broken)
-        return {"text": "".join(parts), "finish_reason": finish, "usage": usage,
-                "first_token_at": first, "chunks": chunks, "cut": cut, "logprobs": lps,
-                "logprob_chars": lp_chars if lps else None, "stops": stops}
-
-
-class SSEData:
-    """The ``data:`` payloads of a server-sent event stream, fed one line at a time:
-    :meth:`feed` returns a payload when a blank line ends an event (multi-line data
-    joined), :meth:`end` the last one of a stream that stops without a blank line.
-    Comments and other fields (``event:``, ``id:``, ``retry:``) carry no chunk."""
-
-    def __init__(self) -> None:
-        self._buf: list[str] = []
-
-    def feed(self, line: str) -> str | None:
-        if line == "":
-            return self.end()
-        if not line.startswith(":"):
-            field, _, value = line.partition(":")
-            if field == "data":
-                self._buf.append(value[1:] if value.startswith(" ") else value)
-        return None
-
-    def end(self) -> str | None:
-        if not self._buf:
-            return None
-        payload, self._buf = "\n".join(self._buf), []
-        return payload
-
-
-def _sse_payloads(lines: Iterator[str]) -> Iterator[str]:
-    events = SSEData()
-    for line in lines:
-        if (payload := events.feed(line)) is not None:
-            yield payload
-    if (payload := events.end()) is not None:
-        yield payload
-
-
-def _error_detail(r: httpx.Response) -> str:
-    try:
-        data = r.json()
-    except ValueError:
-        return r.text[:200] or r.reason_phrase
-    if isinstance(data, Mapping):
-        err = data.get("error", data)
-        if isinstance(err, Mapping):
-            return str(err.get("message") or err)[:200]
-        return str(err)[:200]
-    return str(data)[:200]
+        return reader.result()

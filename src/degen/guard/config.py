@@ -417,8 +417,8 @@ def tuned_fields(values: Mapping[str, Any], dialect: str
     Fields are named and completed as the openai engine sends them during a study (so
     the server's own defaults cannot sneak in where the study had a knob off)."""
     from degen.engines.openai import DIALECTS, build_body, unsupported_fields
+    from degen.experiments.tune.space import KNOBS, SYSTEM_PROMPTS, sampling_params
     from degen.records import Request
-    from degen.tune.space import KNOBS, SYSTEM_PROMPTS, sampling_params
 
     if dialect not in DIALECTS or dialect == "auto":
         raise InvalidParams(f"dialect must be vllm, llamacpp or openai, got {dialect!r}")

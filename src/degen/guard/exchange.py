@@ -26,7 +26,7 @@ from degen.detect.base import Finding
 from degen.detect.loop import prompt_text
 from degen.detect.watch import CUT_REASON, DEFAULT, TEXT_KINDS, Watch, WatchConfig
 from degen.engines.evidence import stop_evidence, token_logprobs
-from degen.load.extend import default_horizon
+from degen.outcomes import default_horizon
 from degen.records import CUT_REASONS as STOPPED_EARLY
 
 CHAT = "/v1/chat/completions"

@@ -10,7 +10,7 @@ a gateway keeps on what a client may send before its request reaches the app.
   ``client_timeout`` seconds of its first byte (of the connection, for the first
   request): a client that dribbles its head is answered ``408`` and closed (NGINX's
   ``client_header_timeout``, 60 s; a gateway for generation requests needs far less).
-  The body's deadline is kept by the app (:meth:`degen.guard.app.Guard.read_body`).
+  The body's deadline is kept by the app (:meth:`degen.guard.app.GuardApp._read_body`).
   Idle keep-alive connections are closed by uvicorn after ``timeout_keep_alive``.
 
 :func:`uvicorn_options` gives the ``uvicorn.Config`` keywords that install it.

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from degen.guard.accounting import account
 from degen.guard.exchange import Exchange
 from degen.guard.holdback import Event, Held
 from degen.guard.sse import SSEBytes
@@ -34,11 +34,11 @@ from degen.guard.upstream import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from degen.records import CUT_REASONS as STOPPED_EARLY
+from degen.records import CUT_REASONS as STOPPED_EARLY  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
-    from degen.guard.app import Guard
     from degen.guard.routing import Route
+    from degen.guard.state import Guard
 
 log = logging.getLogger("degen.guard")
 
@@ -434,60 +434,4 @@ class Relay(Response):
 
     # ------------------------------------------------------------------ accounting
     def _account(self, left: bool) -> None:
-        g, ex, m = self.guard, self.ex, self.guard.metrics
-        ep, model = ex.endpoint, self.model
-        dur = time.monotonic() - ex.started
-        m.duration.observe(dur, model=model, endpoint=ep)
-        if ex.first_token_at is not None:
-            m.ttft.observe(ex.first_token_at - ex.started, model=model, endpoint=ep)
-        if left:
-            m.disconnects.inc(model=model)
-        if self.shutdown_cut:
-            reasons = ["shutdown"]
-        elif (left or self.error) and not ex.any_cut:
-            reasons = ["disconnected" if left else "error"]
-        else:
-            reasons = ex.finish_reasons()
-        for r in reasons:
-            m.responses.inc(model=model, endpoint=ep, finish_reason=r)
-        tokens = ex.completion_tokens
-        m.generation_tokens.inc(tokens, model=model)
-        exchanges = [ex] if self.first is None else [self.first, ex]
-        if self.first is not None and self.first is not ex:
-            m.retries.inc(model=model, outcome="cut" if ex.any_cut else
-                          ("error" if self.error else "ok"))
-        for x in exchanges:
-            m.chunks.inc(x.events, model=model)
-            for st in x.choices.values():
-                if st.watch is not None:
-                    for why, n in st.watch.vetoes.items():
-                        m.vetoes.inc(n, reason=why)
-                    for kind in st.watch.findings:
-                        m.detected.inc(model=model, kind=kind)
-                if st.cut is None and st.finish in STOPPED_EARLY:
-                    m.upstream_cuts.inc(model=model, finish_reason=st.finish)
-                if st.cut is not None:
-                    m.cuts.inc(model=model, kind=st.cut["kind"])
-                    m.cut_after.observe(st.tokens, kind=st.cut["kind"])
-                    m.tokens_saved.inc(max(0, x.max_tokens - st.tokens), model=model)
-        cut = next((st.cut for x in exchanges for st in x.choices.values()
-                    if st.cut is not None), None)
-        fields = {"endpoint": ep, "model": model, "upstream": self.route.label,
-                  "stream": ex.stream, "status": self.status or None,
-                  "finish": ",".join(reasons) or None, "tokens": tokens,
-                  "seconds": round(dur, 3), "cut": cut["kind"] if cut else None,
-                  "cut_at": cut["completion_tokens"] if cut else None,
-                  "retried": self.first is not None, "client_left": left,
-                  "error": self.error}
-        log.info("%s model=%s stream=%s status=%s finish=%s tokens=%d %.2fs%s%s%s", ep, model,
-                 str(ex.stream).lower(), self.status or "-", fields["finish"] or "-", tokens,
-                 dur, f" cut={cut['kind']}@{cut['completion_tokens']}" if cut else "",
-                 " retried" if self.first is not None else "",
-                 " client-left" if left else (f" error={self.error}" if self.error else ""),
-                 extra={"request": {k: v for k, v in fields.items() if v is not None}})
-        if g.config.log_content:
-            for x in exchanges:
-                for st in x.choices.values():
-                    text = "".join(st.reasoning) + "".join(st.text)
-                    if text:
-                        log.info("output %s[%d]: %s", ep, st.index, text[:4000])
+        account(self, left)
