@@ -47,6 +47,8 @@ MOVED = {
     "degen.tune": "degen.experiments.tune",
 }
 #: old names that were packages (their submodules are listed in MOVED too)
+#: the new modules' own specs, put back after importlib sets the alias's on them
+_SPECS: dict[str, importlib.machinery.ModuleSpec | None] = {}
 PACKAGES = frozenset(['degen.load', 'degen.tune'])
 
 
@@ -73,11 +75,11 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         warnings.warn(f"{spec.name} is now {new}; the old name goes in the next release",
                       DeprecationWarning, stacklevel=_caller_level())
         module = importlib.import_module(new)
-        self._spec = module.__spec__
+        _SPECS.setdefault(new, module.__spec__)  # per module: imports may run in threads
         return module
 
     def exec_module(self, module: ModuleType) -> None:
-        module.__spec__ = self._spec  # importlib set the alias's spec on it: undo that
+        module.__spec__ = _SPECS[module.__name__]  # importlib set the alias's spec on it
 
 
 _FINDER = _Alias()
