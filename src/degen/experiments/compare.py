@@ -264,7 +264,7 @@ def summarize_compare(arms: Sequence[Arm], done: dict[str, list[Completion]],
         pairs.append({"a": a.name, "b": b.name, **p})
     for p, adj in zip(pairs, holm([p["p_value"] for p in pairs]), strict=True):
         p["p_adjusted"] = adj
-    return {"kind": "degen.experiments.compare", "arms": rows, "pairs": pairs,
+    return {"kind": "degen.compare", "arms": rows, "pairs": pairs,
             "config": {"requests": cfg.requests, "runs": cfg.runs,
                        "max_tokens": cfg.max_tokens, "seed": cfg.seed, "rate": cfg.rate,
                        "arrivals": cfg.arrivals, "concurrency": cfg.concurrency,

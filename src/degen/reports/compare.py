@@ -24,7 +24,7 @@ def load_compare(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read {path} ({e}); re-run degen compare --out {folder}"
                          ) from None
-    if not isinstance(data, dict) or data.get("kind") != "degen.experiments.compare":
+    if not isinstance(data, dict) or data.get("kind") != "degen.compare":
         raise UsageError(f"{path} is not a degen compare summary; re-run degen compare --out "
                          f"{folder}")
     return data
