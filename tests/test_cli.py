@@ -19,7 +19,9 @@ from degen.testing.llamacpp import free_port
 DEGEN = str(Path(sys.executable).parent / "degen")
 
 
-def degen(*args: str, cwd: Path, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+def degen(*args: str, cwd: Path, timeout: float = 1800, env=None) -> subprocess.CompletedProcess:
+    # the timeout only guards against a hang: a model run here takes seconds, but 10x
+    # that on a machine whose cores are busy with other work (issue 19)
     return subprocess.run([DEGEN, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 

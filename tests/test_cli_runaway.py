@@ -138,16 +138,16 @@ def test_run_with_a_horizon_then_ctrl_c_in_extend_resumes_it(tmp_path: Path) -> 
     assert s["runaways_known"] == s["runaways"] and s["long"] + s["runaways"] >= s["capped"]
     first = (out / EXTENSIONS).read_text().splitlines()
     assert len(first) == s["capped"]
-    p = subprocess.Popen([DEGEN, "extend", str(out), "--horizon", "400", "-q"], cwd=tmp_path,
+    p = subprocess.Popen([DEGEN, "extend", str(out), "--horizon", "200", "-q"], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(12)  # the model loads and the continuations start
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "run the same command again" in err
-    r = degen("extend", str(out), "--horizon", "400", "--json", "-q", cwd=tmp_path)
+    r = degen("extend", str(out), "--horizon", "200", "--json", "-q", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     done = json.loads(r.stdout)
-    assert done["runaways_known"] == done["runaways"] and done["horizon"] == 400
+    assert done["runaways_known"] == done["runaways"] and done["horizon"] == 200
     lines = [json.loads(x) for x in (out / EXTENSIONS).read_text().splitlines()]
     last = {}
     for e in lines:  # per generation, at most one finished continuation to each horizon
@@ -159,4 +159,4 @@ def test_run_with_a_horizon_then_ctrl_c_in_extend_resumes_it(tmp_path: Path) -> 
                                            (out / "records.jsonl").read_text().splitlines())
               if c["finish_reason"] == "length"}
     ended_24 = {rid for (rid, h), e in last.items() if h == 24 and e["finish_reason"] == "stop"}
-    assert {rid for rid, h in last if h == 400} == capped - ended_24
+    assert {rid for rid, h in last if h == 200} == capped - ended_24

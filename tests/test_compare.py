@@ -19,7 +19,7 @@ from degen.stats import mcnemar_exact_p
 DEGEN = str(Path(sys.executable).with_name("degen"))
 
 
-def degen(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def degen(*args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DEGEN, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 

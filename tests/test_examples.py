@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quickstart_example(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), "--requests",
                         "3", "--max-tokens", "24", "--out", str(tmp_path / "q")],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2
@@ -26,7 +26,7 @@ def test_readme_python_snippet_runs(tmp_path: Path) -> None:
     code = readme.split("## From Python")[1].split("```python")[1].split("```")[0]
     code = code.replace("requests=8", "requests=2").replace("max_tokens=128", "max_tokens=16")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
     assert 0.0 <= float(r.stdout.strip()) <= 1.0
     assert (tmp_path / "runs" / "example" / "records.jsonl").is_file()
@@ -43,7 +43,7 @@ def test_readme_main_job_runs_to_a_report(tmp_path: Path) -> None:
     argv = [str(Path(sys.executable).with_name("degen")), *main.split()[1:],
             "--trials", "2", "--requests", "2", "--max-tokens", "16", "--confirm", "2",
             "--quiet"]
-    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
     out = r.stdout.strip().splitlines()
     assert out[-1] == "report: runs/tune/report.html" and "failure rate" in out[0]
@@ -67,7 +67,7 @@ def test_readme_compare_snippet_runs(tmp_path: Path) -> None:
     code = readme.split("## From Python")[1].split("```python")[2].split("```")[0]
     code = code.replace("requests=16", "requests=2").replace("max_tokens=128", "max_tokens=12")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
     assert "('default', " in r.stdout and "('cool', " in r.stdout
     assert (tmp_path / "runs" / "cmp" / "compare.json").is_file()

@@ -85,7 +85,7 @@ def test_cli_live_with_two_sources_overlaid(tmp_path: Path) -> None:
     r = subprocess.run([DEGEN, "profile", str(f), "--model", "bundled", "--requests", "3",
                         "--max-tokens", "40", "--temperature", "0", "--window", "8",
                         "--step", "8", "--out", str(tmp_path / "p")],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((tmp_path / "p" / "profile.csv").read_text().splitlines()))
     sources = {row["source"] for row in rows}

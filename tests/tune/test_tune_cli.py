@@ -18,12 +18,12 @@ import pytest
 from degen.store import iter_records
 
 DEGEN = str(Path(sys.executable).with_name("degen"))
-TINY = ["--requests", "4", "--max-tokens", "40", "--batch-size", "4", "--quiet",
+TINY = ["--requests", "4", "--max-tokens", "24", "--batch-size", "4", "--quiet",
         "--preset", "none", "--param", "temperature=0.3:1.3", "--param",
         "repetition_penalty=1.0,1.3"]
 
 
-def degen(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def degen(*args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run([DEGEN, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -59,9 +59,9 @@ def test_tune_json_has_best_baseline_and_report(tuned) -> None:
     assert t["search"] + t["confirmation"] + t["stress_pilot"] + t["extension"] == \
         s["generated_tokens"] > 0
     assert t["confirmation"] > 0 and t["stress_pilot"] == 0
-    # the confirmation's capped generations were continued to the horizon (8 x 40): its
+    # the confirmation's capped generations were continued to the horizon (8 x 24): its
     # runaways are known, and a capped generation that ended is a long answer
-    assert s["horizon"] == 320 and "known by extension" in s["runaways"]
+    assert s["horizon"] == 192 and "known by extension" in s["runaways"]
     for arm in (s["baseline"], s["best_confirmed"]):
         assert arm["runaways_known"] == arm["runaways"] <= arm["capped"] + arm["cut"]
         assert arm["long"] + arm["runaways"] <= arm["capped"] + arm["cut"]
@@ -177,7 +177,7 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path: Path) -> None:
     from degen.testing.postgres import PostgresServer
 
     with PostgresServer() as pg:
-        args = ["tune", *TINY, "--max-tokens", "24", "--trials", "4", "--confirm", "0",
+        args = ["tune", *TINY, "--trials", "4", "--confirm", "0",
                 "--jobs", "1", "--no-report", "--storage", pg.url, "--study", "shared"]
         procs = [subprocess.Popen([DEGEN, *args, "--out", str(tmp_path / f"w{i}")],
                                   cwd=tmp_path, stdout=subprocess.PIPE,

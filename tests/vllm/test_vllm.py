@@ -55,7 +55,7 @@ def engine(vllm_server: VLLMServer) -> Iterator[OpenAIEngine]:
     eng.close()
 
 
-def degen(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def degen(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DEGEN, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -279,7 +279,7 @@ def test_tune_against_vllm(vllm_server: VLLMServer, tmp_path: Path) -> None:
               "--param", "temperature=0.3:1.0", "--param", "repetition_min_count=0,3",
               "--preset", "none", "--trials", "3", "--requests", "4", "--max-tokens", "64",
               "--confirm", "4", "--concurrency", "4", "--out", str(tmp_path / "t"),
-              "--json", "-q", "--no-report")
+              "--json", "-q", "--no-report", "--no-extend")  # extension: tests/tune
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["trials"] == 3 and set(out["best"]["values"]) == {

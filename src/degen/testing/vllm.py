@@ -45,7 +45,7 @@ class VLLMServer(ServerProcess):
 
     def __init__(self, model: Path, *, python: Path | None = None, name: str | None = None,
                  max_model_len: int = 2048, kv_cache_gib: int = 2, log: Path | None = None,
-                 start_timeout: float = 300.0) -> None:
+                 start_timeout: float = 900.0) -> None:
         self.model = name or Path(model).name
         super().__init__(
             [str(python or vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
