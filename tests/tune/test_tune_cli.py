@@ -88,7 +88,7 @@ def test_report_renders_offline_in_chromium(tuned, tmp_path: Path) -> None:
     dom = dump_dom(html)
     for section in ("Confirmed on 6 new requests", "Pareto front", "Trials",
                     "Failure rate along each parameter", "Which prompts fail",
-                    "How generations end", "still going at 320",
+                    "How generations end", "still going at 192",
                     "Configuration and versions"):
         assert section in dom
     assert network_requests(html) == []
