@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("reports", {"degen.reports"}),
     ("experiments", {"degen.experiments", "degen.diagnose"}),
     ("serving", {"degen.guard"}),
+    ("integrations", {"degen.integrations"}),
     ("interface", {"degen", "degen._compat", "degen.cli", "degen.testing"}),
 ]
 LAYER = {unit: i for i, (_, units) in enumerate(LAYERS) for unit in units}
