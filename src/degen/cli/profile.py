@@ -10,18 +10,21 @@ import typer
 
 from degen.cli import options as o
 
-HELP = """Plot repetition, distinct-1 and token entropy by token position.
+HELP = """Plot repetition, distinct-1, entropy, surprise, P(end) and the share
+degenerate by token position.
 
-Profile existing records (RECORDS files), or generate live with --model (repeatable:
-several models or checkpoints on the same prompts, overlaid in one plot; "bundled"
-is the bundled model), which also records each step's entropy. Writes
-OUT/profile.csv, OUT/profile.png, OUT/profile.html and prints a reading of each
-curve."""
+Profile existing records (RECORDS: files, or folders holding one records.jsonl per
+checkpoint, such as a training callback's OUT/step-N/records.jsonl: one curve each), or
+generate live with --model (repeatable: several models or checkpoints on the same prompts,
+overlaid in one plot; "bundled" is the bundled model), which also records each step's
+entropy. Writes OUT/profile.csv, OUT/profile.png, OUT/profile.html and prints a reading
+of each curve."""
 
 
 def profile_cmd(
     records: Annotated[list[Path] | None, typer.Argument(
-        help="records.jsonl files (degen records or JSONL with text).", show_default=False)]
+        help="records.jsonl files (degen records or JSONL with text), or folders of "
+        "per-checkpoint folders (each one curve).", show_default=False)]
         = None,
     model: Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="Generate live with this model (GGUF, HF folder or 'bundled'); "
@@ -42,6 +45,7 @@ def profile_cmd(
     from degen.detect.inputs import read_completions
     from degen.errors import UsageError
     from degen.experiments.profile import profile, reading, write_csv, write_plots
+    from degen.experiments.profile import sources as record_sources
     from degen.store import check_out_dir
 
     if not records and not model:
@@ -51,8 +55,7 @@ def profile_cmd(
         raise UsageError(f"--window must be >= 8 and --step >= 1, got {window}, {step}")
     out = check_out_dir(out or Path("runs") / datetime.now().strftime("profile-%Y%m%d-%H%M%S"))
     sources = []
-    for f in records or []:
-        label = f.parent.name if f.name == "records.jsonl" else f.stem
+    for label, f in record_sources(records or []):  # a folder: one source per checkpoint
         sources.append((label, list(read_completions(f))))  # checks every line first
     for m in model or []:
         sources.append(_generate(m, out, requests, max_tokens, temperature, min_p,
