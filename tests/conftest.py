@@ -52,13 +52,20 @@ def llamacpp_server(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory):
     """One vLLM server (CPU build, its own venv) serving the bundled model's cached
-    checkpoint folder for the whole session: ~50 s to start, ~5 GiB."""
+    checkpoint folder for the whole session: ~50 s to start, ~5 GiB. It loads degen's
+    logits processor (tests/vllm/test_plugin.py), idle unless a request asks for it
+    (no ``DEGEN_VLLM_CUT``); its cuts are appended to ``srv.events``."""
     from degen.engines import hf
     from degen.testing.vllm import VLLMServer, vllm_python
 
     folder = hf.materialize(hf.resolve_model(None))
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    srv = VLLMServer(folder, python=vllm_python(ROOT), name="SmolLM2-135M-Instruct", log=log)
+    tmp = tmp_path_factory.mktemp("vllm")
+    events = tmp / "degen-events.jsonl"
+    srv = VLLMServer(folder, python=vllm_python(ROOT), name="SmolLM2-135M-Instruct",
+                     log=tmp / "server.log",
+                     logits_processors=["degen.integrations.vllm:DegenLogitsProcessor"],
+                     env={"DEGEN_VLLM_EVENTS": str(events), "DEGEN_VLLM_CUT": ""})
+    srv.events = events
     yield srv
     srv.stop()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -39,21 +40,31 @@ def vllm_python(root: Path | str = ".") -> Path:
 
 
 class VLLMServer(ServerProcess):
-    """vLLM's OpenAI-compatible server for ``model`` (a folder), float32, eager."""
+    """vLLM's OpenAI-compatible server for ``model`` (a folder), float32, eager.
+
+    ``logits_processors``: custom V1 logits processors to load, by fully-qualified
+    class name (``module:Class``, e.g. ``degen.integrations.vllm:DegenLogitsProcessor``);
+    ``env``: more environment for the server (the processor's ``DEGEN_VLLM_*``)."""
 
     what = "vLLM server"
+    #: where the server's ``DEGEN_VLLM_EVENTS`` file is, when a caller set one
+    events: Path | None = None
 
     def __init__(self, model: Path, *, python: Path | None = None, name: str | None = None,
                  max_model_len: int = 2048, kv_cache_gib: int = 2, log: Path | None = None,
-                 start_timeout: float = 900.0) -> None:
+                 start_timeout: float = 900.0, logits_processors: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.model = name or Path(model).name
+        self.logits_processors = tuple(logits_processors)
+        extra = ["--logits-processors", *self.logits_processors] if logits_processors else []
         super().__init__(
             [str(python or vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
              "--model", str(model), "--served-model-name", self.model,
              "--host", "127.0.0.1", "--port", "{port}", "--dtype", "float32",
-             "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0"],
+             "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0",
+             *extra],
             log=log, env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-                          "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+                          "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(env or {})},
             start_timeout=start_timeout)
 
     def metrics(self) -> dict[str, float]:
