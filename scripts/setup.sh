@@ -13,12 +13,14 @@ py=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
 pip=(pip_quiet .venv)
 # pip_quiet VENV ARGS...: pip install into VENV, without pip's notes about unreachable
-# index folders
+# index folders, nor its complaint that degen, installed --no-deps beside vLLM or
+# LiteLLM for their plug-ins, lacks the dependencies those do not need
 pip_quiet() {
   local venv=$1
   shift
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2> >(
-    grep -v "^WARNING: Location '.*' is ignored" >&2)
+    grep -v -e "^WARNING: Location '.*' is ignored" -e "^degen [0-9.]* requires " \
+      -e "^ERROR: pip's dependency resolver does not currently take into account" >&2)
 }
 
 # torch first and pinned: a looser requirement on a machine without torch pulls
