@@ -49,6 +49,7 @@ from degen.detect.watch import TEXT_KINDS
 from degen.detect.watch import cut_kinds as parse_cut_kinds
 from degen.errors import InvalidParams
 from degen.guard.exchange import CHAT, Exchange
+from degen.integrations._lazy import lazy_classes
 
 #: the generation limit assumed for a request that gives none (the guard's cap)
 DEFAULT_MAX_TOKENS = 8192
@@ -250,7 +251,6 @@ class _Guardrail:
         return response
 
 
-_built: dict[str, type] = {}
 DegenGuardrail: type  # built by __getattr__ on first use (LiteLLM imported then)
 
 
@@ -262,22 +262,11 @@ def _build() -> type:
                      "module doc). Keyword arguments other than degen's own go to "
                      "LiteLLM's ``CustomGuardrail`` (the proxy passes ``guardrail_name``, "
                      "``event_hook``, ``default_on`` and the other ``litellm_params``).")
-    cls = type("DegenGuardrail", (CustomGuardrail,), ns)
-    _built["DegenGuardrail"] = cls
-    return cls
+    return type("DegenGuardrail", (CustomGuardrail,), ns)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DegenGuardrail":
-        if name not in _built:
-            try:
-                return _build()
-            except ImportError as e:
-                raise ImportError("DegenGuardrail runs inside LiteLLM's proxy: install "
-                                  "'degen[litellm]' in the proxy's environment "
-                                  f"({e})") from e
-        return _built[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, {"DegenGuardrail": _build},
+                           "LiteLLM's proxy, in its environment: pip install 'degen[litellm]'")
 
 
 __all__ = ["DEFAULT_MAX_TOKENS", "DegenGuardrail", "chunk_dict"]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from degen.errors import InvalidParams
+from degen.integrations._lazy import lazy_classes
 from degen.records import Completion
 
 log = logging.getLogger(__name__)
@@ -212,42 +213,35 @@ class _Callback:
             self.run(state, model, processing_class)
 
 
-_CLASS: type | None = None
-DegenCallback: type  # built by _build() on first use (module __getattr__)
+DegenCallback: type  # built by __getattr__ on first use (transformers imported then)
 
 
 def _build() -> type:
-    global _CLASS
-    if _CLASS is None:
-        from transformers import TrainerCallback
+    from transformers import TrainerCallback
 
-        class DegenCallback(_Callback, TrainerCallback):
-            """Samples fixed prompts during training and logs how they degrade (see the
-            module doc).
+    class DegenCallback(_Callback, TrainerCallback):
+        """Samples fixed prompts during training and logs how they degrade (see the
+        module doc).
 
-            Args:
-                tokenizer: the model's tokenizer (None: the Trainer's processing_class).
-                prompts: raw text strings, degen Prompts, or mappings with ``prompt`` or
-                    ``messages`` (see :func:`degen.integrations.sampling.sample`).
-                out_dir: where each checkpoint's files and the overlay go.
-                max_new_tokens: each sample's cap.
-                seed: the sampling seed, the same at every checkpoint.
-                every: ``"eval"`` (at each evaluation) or a number of steps.
-                window, window_step: the profile's windows (tokens).
-                prefix: the scalars' name prefix.
-                **sample_kw: more :func:`~degen.integrations.sampling.sample` options
-                    (``temperature``, ``n``, ``batch_size``...).
-            """
+        Args:
+            tokenizer: the model's tokenizer (None: the Trainer's processing_class).
+            prompts: raw text strings, degen Prompts, or mappings with ``prompt`` or
+                ``messages`` (see :func:`degen.integrations.sampling.sample`).
+            out_dir: where each checkpoint's files and the overlay go.
+            max_new_tokens: each sample's cap.
+            seed: the sampling seed, the same at every checkpoint.
+            every: ``"eval"`` (at each evaluation) or a number of steps.
+            window, window_step: the profile's windows (tokens).
+            prefix: the scalars' name prefix.
+            **sample_kw: more :func:`~degen.integrations.sampling.sample` options
+                (``temperature``, ``n``, ``batch_size``...).
+        """
 
-        DegenCallback.__module__ = __name__
-        _CLASS = DegenCallback
-    return _CLASS
+    return DegenCallback
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DegenCallback":
-        return _build()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, {"DegenCallback": _build},
+                           "transformers: pip install 'degen[transformers]'")
 
 
 __all__ = ["DegenCallback", "evaluate", "overlay", "scalars"]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from degen.detect.base import Finding
 from degen.engines.token_watch import TokenWatch
+from degen.integrations._lazy import lazy_classes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -172,40 +173,33 @@ class _Criteria:
         return res
 
 
-_CLASS: type | None = None
 WatchStoppingCriteria: type  # built by __getattr__ on first use (transformers imported then)
 
 
 def _build() -> type:
-    global _CLASS
-    if _CLASS is None:
-        from transformers import StoppingCriteria
+    from transformers import StoppingCriteria
 
-        class WatchStoppingCriteria(_Criteria, StoppingCriteria):
-            """Stops each row of ``generate`` that degenerates (see the module doc).
+    class WatchStoppingCriteria(_Criteria, StoppingCriteria):
+        """Stops each row of ``generate`` that degenerates (see the module doc).
 
-            Args:
-                tokenizer: the model's tokenizer.
-                max_new_tokens: the call's cap (the runaway horizon is 8 times it).
-                cut: the kinds that stop a row (``"all"``, or e.g. ``"loop,spacing"``;
-                    ``"none"``: watch only, stop nothing).
-                eos_token_id: the end ids (default the tokenizer's); a row that emits
-                    one ended by itself.
-                use_scores: weigh the model's log-probabilities in (from the step's
-                    scores).
-                model: the model's name, for its runaway fit.
-                horizon: the runaway horizon in tokens, instead of 8 x max_new_tokens.
-            """
+        Args:
+            tokenizer: the model's tokenizer.
+            max_new_tokens: the call's cap (the runaway horizon is 8 times it).
+            cut: the kinds that stop a row (``"all"``, or e.g. ``"loop,spacing"``;
+                ``"none"``: watch only, stop nothing).
+            eos_token_id: the end ids (default the tokenizer's); a row that emits
+                one ended by itself.
+            use_scores: weigh the model's log-probabilities in (from the step's
+                scores).
+            model: the model's name, for its runaway fit.
+            horizon: the runaway horizon in tokens, instead of 8 x max_new_tokens.
+        """
 
-        WatchStoppingCriteria.__module__ = __name__
-        _CLASS = WatchStoppingCriteria
-    return _CLASS
+    return WatchStoppingCriteria
 
 
-def __getattr__(name: str) -> Any:
-    if name == "WatchStoppingCriteria":
-        return _build()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, {"WatchStoppingCriteria": _build},
+                           "transformers: pip install 'degen[transformers]'")
 
 
 __all__ = ["RowResult", "WatchStoppingCriteria"]

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from degen.detect.base import Finding
 from degen.engines.token_watch import TokenWatch
+from degen.integrations._lazy import lazy_classes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -265,33 +266,18 @@ class _Processor:
                 log.warning("degen: cannot write %s: %s", self.events_path, e)
 
 
-_built: dict[str, type] = {}
-
-
 def _build() -> type:
     from vllm.v1.sample.logits_processor import LogitsProcessor
 
-    cls = type("DegenLogitsProcessor", (_Processor, LogitsProcessor), {
-        "__module__": __name__,
+    return type("DegenLogitsProcessor", (_Processor, LogitsProcessor), {
         "__doc__": "degen's watch on each request, as a vLLM V1 logits processor: a "
                    "request whose watch confirms a kind it asked to cut is ended at its "
                    "next token (its end token forced). See this module's docstring.",
     })
-    _built["DegenLogitsProcessor"] = cls
-    return cls
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DegenLogitsProcessor":
-        if name not in _built:
-            try:
-                return _build()
-            except ImportError as e:
-                raise ImportError("DegenLogitsProcessor runs inside vLLM: install vllm "
-                                  "(pip install 'degen[vllm]') in the server's "
-                                  f"environment ({e})") from e
-        return _built[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_classes(__name__, {"DegenLogitsProcessor": _build},
+                           "vLLM, in the server's environment: pip install 'degen[vllm]'")
 
 
 # DegenLogitsProcessor is read through __getattr__ (it needs vLLM)

@@ -12,12 +12,11 @@ and telemetry is off.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from degen.testing.llamacpp import ServerProcess
+from degen.testing.llamacpp import ServerProcess, venv_python
 
 VENV = ".venv-litellm"
 MASTER_KEY = "sk-degen-test"
@@ -27,12 +26,7 @@ GUARDRAIL = "degen.integrations.litellm.DegenGuardrail"
 def litellm_python(root: Path | str = ".") -> Path:
     """The Python that has LiteLLM: ``$DEGEN_LITELLM_PYTHON``, else
     ``<root>/.venv-litellm``."""
-    env = os.environ.get("DEGEN_LITELLM_PYTHON")
-    p = Path(env) if env else Path(root) / VENV / "bin" / "python"
-    if not p.is_file():
-        raise RuntimeError(f"no LiteLLM at {p}: run `bash scripts/setup.sh --test` (it installs "
-                           "litellm[proxy] into .venv-litellm) or set DEGEN_LITELLM_PYTHON")
-    return p
+    return venv_python(root, VENV, "DEGEN_LITELLM_PYTHON", "litellm[proxy]")
 
 
 def _scalar(v: Any) -> str:

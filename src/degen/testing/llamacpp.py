@@ -24,6 +24,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def venv_python(root: Path | str, venv: str, env_var: str, what: str) -> Path:
+    """The Python of a server that lives in a venv of its own: ``$env_var``, else
+    ``<root>/<venv>/bin/python``; RuntimeError saying how to get it (``what``: the
+    package the test setup installs there)."""
+    env = os.environ.get(env_var)
+    p = Path(env) if env else Path(root) / venv / "bin" / "python"
+    if not p.is_file():
+        raise RuntimeError(f"no {what} at {p}: run `bash scripts/setup.sh --test` (it "
+                           f"installs {what} into {venv}) or set {env_var}")
+    return p
+
+
 class ServerProcess:
     """``argv`` (with ``{port}`` filled in) serving on 127.0.0.1:<free port>, its output
     in ``log``; ready once ``ready_path`` (default ``/v1/models``) answers 200 within

