@@ -292,6 +292,23 @@ def stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def encode_prompt(tok: Any, messages: Any, prompt: str | None, what: str = "the model"
+                  ) -> list[int]:
+    """Token ids of a prompt: the chat template for ``messages`` (a sequence of role /
+    content mappings), the raw ``prompt`` (with the tokenizer's special tokens) otherwise.
+    InvalidParams naming ``what`` when messages meet a tokenizer without a template."""
+    from degen.errors import InvalidParams
+
+    if messages is not None:
+        if not getattr(tok, "chat_template", None):
+            raise InvalidParams(f"{what} has no chat template; send raw 'prompt' lines "
+                                "instead of 'messages'")
+        text = tok.apply_chat_template([dict(m) for m in messages],
+                                       add_generation_prompt=True, tokenize=False)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+    return list(tok(prompt, add_special_tokens=True)["input_ids"])
+
+
 def context_length(model: Any) -> int:
     cfg = model.config
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):

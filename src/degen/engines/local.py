@@ -204,18 +204,8 @@ class LocalEngine(Engine):
     def encode(self, request: Request) -> list[int]:
         """Token ids of the request's prompt: the chat template for ``messages``,
         the raw text (with the tokenizer's special tokens) for ``prompt``."""
-        tok = self.tokenizer
-        if request.messages is not None:
-            if not getattr(tok, "chat_template", None):
-                raise InvalidParams(
-                    f"model {self.model} has no chat template; send raw 'prompt' lines "
-                    "instead of 'messages'"
-                )
-            text = tok.apply_chat_template(
-                [dict(m) for m in request.messages], add_generation_prompt=True, tokenize=False
-            )
-            return list(tok(text, add_special_tokens=False)["input_ids"])
-        return list(tok(request.prompt, add_special_tokens=True)["input_ids"])
+        return hf.encode_prompt(self.tokenizer, request.messages, request.prompt,
+                                f"model {self.model}")
 
     # ------------------------------------------------------------------ worker
     def _serve(self) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from degen.errors import InvalidParams
@@ -59,19 +59,6 @@ def _prompts(prompts: Iterable[Any]) -> list[tuple[str, tuple[Mapping[str, str],
     return out
 
 
-def _encode(tokenizer: Any, messages: Sequence[Mapping[str, str]] | None,
-            text: str | None) -> list[int]:
-    """The prompt's ids as the local engine makes them: the chat template for messages,
-    the raw text with the tokenizer's special tokens otherwise."""
-    if messages is not None:
-        if not getattr(tokenizer, "chat_template", None):
-            raise InvalidParams("the tokenizer has no chat template; give raw text prompts")
-        text = tokenizer.apply_chat_template([dict(m) for m in messages],
-                                             add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
 class _Recorder:
     """A logits processor that keeps, per step, the entropy and the log-probability of
     ending of the scores it is given, and each chosen token's log-probability (known one
@@ -79,7 +66,10 @@ class _Recorder:
     logits; it hands them on unchanged."""
 
     def __init__(self, torch: Any, stop_cols: list[int], prompt_width: int) -> None:
+        from degen.engines.sampling import entropy
+
         self.torch = torch
+        self._entropy = entropy
         self.stop_cols = stop_cols
         self.width = prompt_width
         self.entropy: list[Any] = []  # (B,) per step
@@ -96,8 +86,7 @@ class _Recorder:
         if self._last is not None:
             self._take(input_ids[:, -1])
         lsm = torch.log_softmax(scores.float(), dim=-1)
-        p = lsm.exp()
-        self.entropy.append(-(p * torch.where(p > 0, lsm, 0.0)).sum(-1))
+        self.entropy.append(self._entropy(lsm))  # a log-softmax is its own logits
         if self.stop_cols:
             self.stop.append(lsm[:, self.stop_cols].logsumexp(-1))
         self._last = lsm
@@ -135,6 +124,7 @@ def sample(model: Any, tokenizer: Any, prompts: Iterable[Any], *, max_new_tokens
     import torch
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
+    from degen.engines import hf
     from degen.engines.detokenize import Detokenizer, decode_after
     from degen.engines.hf import stop_token_ids
 
@@ -152,7 +142,7 @@ def sample(model: Any, tokenizer: Any, prompts: Iterable[Any], *, max_new_tokens
     name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
     requests = []
     for pid, messages, text in items:
-        ids = _encode(tokenizer, messages, text)
+        ids = hf.encode_prompt(tokenizer, messages, text, "the tokenizer")
         for k in range(n):
             i = len(requests)
             req = Request(request_id=f"{pid}-{k}" if n > 1 else pid, prompt_id=pid,
